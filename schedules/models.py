@@ -1,0 +1,55 @@
+"""Follow-up home visits: one row per elder and period, so planning twice creates nothing twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from callcenter.db import Base, utcnow
+from callcenter.models import str_enum
+
+
+class VisitKind(enum.StrEnum):
+    MONTHLY = "monthly"
+    WEEKLY = "weekly"
+    QUARTERLY = "quarterly"
+    EXTRA = "extra"  # within 24 h of a hospital discharge, bereavement …
+
+
+class VisitStatus(enum.StrEnum):
+    PLANNED = "planned"
+    CONFIRMED = "confirmed"
+    HANDED_BACK = "handed_back"
+    DONE = "done"
+    OVERDUE = "overdue"
+    ESCALATED = "escalated"
+    CANCELLED = "cancelled"
+
+
+class Visit(Base):
+    __tablename__ = "visits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    elder_id: Mapped[int] = mapped_column(ForeignKey("elders.id"), index=True)
+    volunteer_id: Mapped[int | None] = mapped_column(ForeignKey("volunteers.id"), index=True)
+    kind: Mapped[VisitKind] = mapped_column(str_enum(VisitKind))
+    # "2026-12" for a month, "2026-W49" for a week, "2026-Q4" for a quarter, an id for extras.
+    period: Mapped[str] = mapped_column(String(24))
+    planned_date: Mapped[dt.date]
+    window_end: Mapped[dt.date]
+    status: Mapped[VisitStatus] = mapped_column(str_enum(VisitStatus), default=VisitStatus.PLANNED)
+    reassign_count: Mapped[int] = mapped_column(default=0)
+    recorded_at: Mapped[dt.datetime | None]
+    seen_in_person: Mapped[bool | None]
+    checklist: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("elder_id", "kind", "period"),
+        Index("ix_visits_due", "status", "window_end"),
+    )
