@@ -13,6 +13,7 @@ from rich.console import Console
 
 from callcenter import db, migrate
 from callcenter.logging_setup import configure_logging
+from callcenter.settings import Settings
 
 app = typer.Typer(
     help="呼援通 HuYuanTong — elderly emergency-call and volunteer-dispatch centre.",
@@ -91,6 +92,43 @@ def import_file(
             f"{len(report.errors)} problems — {verdict}"
         )
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("sip")
+def sip(
+    backend: Annotated[str | None, typer.Option(help="aiosipua (default) or pyvoip")] = None,
+    port: Annotated[int | None, typer.Option(help="SIP port (HYT_SIP_PORT)")] = None,
+) -> None:
+    """Run the call handler: terminals call in, presses become alarms. 呼叫处理。"""
+    import asyncio
+
+    from callcenter.settings import get_settings
+    from callcenter.sip.runner import serve_until_signalled
+
+    settings = _with_overrides(get_settings(), sip_backend=backend, sip_port=port)
+    _session_ready()
+    asyncio.run(serve_until_signalled(settings, calls=True, scaip=True))
+
+
+@app.command("scaip")
+def scaip(
+    port: Annotated[int | None, typer.Option(help="SCAIP port (HYT_SCAIP_PORT)")] = None,
+) -> None:
+    """Run the SCAIP ingress alone (SIP MESSAGE application/scaip+xml). SCAIP 接入。"""
+    import asyncio
+
+    from callcenter.settings import get_settings
+    from callcenter.sip.runner import serve_until_signalled
+
+    settings = _with_overrides(get_settings(), scaip_port=port)
+    _session_ready()
+    asyncio.run(serve_until_signalled(settings, calls=False, scaip=True))
+
+
+def _with_overrides(settings: Settings, **changes: object) -> Settings:
+    """Command-line options win over HYT_* variables; the result is validated again."""
+    values = {k: v for k, v in changes.items() if v is not None}
+    return Settings.model_validate({**settings.model_dump(), **values}) if values else settings
 
 
 @app.command("seed-demo")

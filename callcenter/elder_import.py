@@ -27,30 +27,74 @@ from callcenter.tabular import Row
 MAX_CONTACTS = 3
 
 ELDER_ALIASES: dict[str, str] = {
-    "编号": "code", "档案号": "code", "姓名": "name", "性别": "sex", "出生日期": "birth_date",
-    "电话": "phone", "联系电话": "phone", "区": "district", "所属区": "district",
-    "街道": "street", "街道(镇)": "street", "社区": "community", "社区(村)": "community",
-    "网格": "grid", "地址": "address", "详细地址": "address", "纬度": "latitude",
-    "经度": "longitude", "独居": "lives_alone", "低保": "low_income", "保障类型": "support_status",
-    "风险等级": "risk_level", "病史": "medical_notes", "健康状况": "medical_notes",
-    "用药": "medications", "过敏": "allergies", "行动能力": "mobility", "语言": "language",
-    "方言": "language", "入户说明": "access_notes", "门禁": "access_notes", "知情同意": "consent",
+    "编号": "code",
+    "档案号": "code",
+    "姓名": "name",
+    "性别": "sex",
+    "出生日期": "birth_date",
+    "电话": "phone",
+    "联系电话": "phone",
+    "区": "district",
+    "所属区": "district",
+    "街道": "street",
+    "街道(镇)": "street",
+    "社区": "community",
+    "社区(村)": "community",
+    "网格": "grid",
+    "地址": "address",
+    "详细地址": "address",
+    "纬度": "latitude",
+    "经度": "longitude",
+    "独居": "lives_alone",
+    "低保": "low_income",
+    "保障类型": "support_status",
+    "风险等级": "risk_level",
+    "病史": "medical_notes",
+    "健康状况": "medical_notes",
+    "用药": "medications",
+    "过敏": "allergies",
+    "行动能力": "mobility",
+    "语言": "language",
+    "方言": "language",
+    "入户说明": "access_notes",
+    "门禁": "access_notes",
+    "知情同意": "consent",
     **{f"联系人{i}姓名": f"contact{i}_name" for i in range(1, MAX_CONTACTS + 1)},
     **{f"联系人{i}关系": f"contact{i}_relation" for i in range(1, MAX_CONTACTS + 1)},
     **{f"联系人{i}电话": f"contact{i}_phone" for i in range(1, MAX_CONTACTS + 1)},
-}  # fmt: skip
+}
 
-SEX_WORDS = {"男": Sex.MALE, "m": Sex.MALE, "male": Sex.MALE, "女": Sex.FEMALE, "f": Sex.FEMALE,
-             "female": Sex.FEMALE}  # fmt: skip
-RISK_WORDS = {"高": RiskLevel.HIGH, "中": RiskLevel.MEDIUM, "低": RiskLevel.LOW,
-              "": RiskLevel.MEDIUM} | {r.value: r for r in RiskLevel}  # fmt: skip
-MOBILITY_WORDS = {"自理": Mobility.INDEPENDENT, "独立": Mobility.INDEPENDENT,
-                  "拐杖": Mobility.WALKING_AID, "助行": Mobility.WALKING_AID,
-                  "轮椅": Mobility.WHEELCHAIR, "卧床": Mobility.BEDRIDDEN,
-                  "": Mobility.INDEPENDENT} | {m.value: m for m in Mobility}  # fmt: skip
-SUPPORT_WORDS = {"无": SupportStatus.NONE, "": SupportStatus.NONE, "低保": SupportStatus.DIBAO,
-                 "特困": SupportStatus.TEKUN, "低收入": SupportStatus.LOW_INCOME,
-                 "五保": SupportStatus.WUBAO} | {s.value: s for s in SupportStatus}  # fmt: skip
+SEX_WORDS = {
+    "男": Sex.MALE,
+    "m": Sex.MALE,
+    "male": Sex.MALE,
+    "女": Sex.FEMALE,
+    "f": Sex.FEMALE,
+    "female": Sex.FEMALE,
+}
+RISK_WORDS = {
+    "高": RiskLevel.HIGH,
+    "中": RiskLevel.MEDIUM,
+    "低": RiskLevel.LOW,
+    "": RiskLevel.MEDIUM,
+} | {r.value: r for r in RiskLevel}
+MOBILITY_WORDS = {
+    "自理": Mobility.INDEPENDENT,
+    "独立": Mobility.INDEPENDENT,
+    "拐杖": Mobility.WALKING_AID,
+    "助行": Mobility.WALKING_AID,
+    "轮椅": Mobility.WHEELCHAIR,
+    "卧床": Mobility.BEDRIDDEN,
+    "": Mobility.INDEPENDENT,
+} | {m.value: m for m in Mobility}
+SUPPORT_WORDS = {
+    "无": SupportStatus.NONE,
+    "": SupportStatus.NONE,
+    "低保": SupportStatus.DIBAO,
+    "特困": SupportStatus.TEKUN,
+    "低收入": SupportStatus.LOW_INCOME,
+    "五保": SupportStatus.WUBAO,
+} | {s.value: s for s in SupportStatus}
 
 
 def _choice(row: Row, key: str, words: dict[str, Any]) -> Any:

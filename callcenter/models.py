@@ -198,8 +198,14 @@ class Alarm(Base):
     claimed_at: Mapped[dt.datetime | None]
     handled_at: Mapped[dt.datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(32))
+    # When the terminal was told (kiss-off, 200 to MESSAGE, prompt played). An alarm never
+    # acknowledged may come again as the terminal's retry: it is then the same alarm.
+    acknowledged_at: Mapped[dt.datetime | None]
 
-    __table_args__ = (Index("ix_alarms_queue", "status", "priority", "received_at"),)
+    __table_args__ = (
+        Index("ix_alarms_queue", "status", "priority", "received_at"),
+        Index("ix_alarms_terminal_received", "terminal_id", "received_at"),
+    )
 
 
 class CaseState(enum.StrEnum):

@@ -33,6 +33,30 @@ class Settings(BaseSettings):
     # The region phone numbers are read in when they carry no +country prefix.
     phone_region: str = "CN"
 
+    # Call intake (SIP). The backend is the library the call handler runs on.
+    sip_backend: Literal["aiosipua", "pyvoip"] = "aiosipua"
+    sip_host: str = "127.0.0.1"
+    sip_port: int = Field(default=5060, ge=1, le=65535)
+    # The address put in Contact and SDP when the process binds 0.0.0.0 or sits behind NAT.
+    sip_advertised_host: str | None = None
+    # Empty: terminals call the handler directly (demo, small site). Otherwise the SIP edge
+    # (Kamailio) that registers terminals; only its address may send us calls.
+    sip_registrar: str = ""
+    scaip_port: int = Field(default=5070, ge=1, le=65535)
+    rtp_port_low: int = Field(default=20000, ge=1024, le=65534)
+    rtp_port_high: int = Field(default=29999, ge=1025, le=65535)
+    # Repeat presses of one elder within this window attach to the open case.
+    repeat_window_s: int = Field(default=900, ge=0)
+    # A terminal that got no acknowledgement calls again: the same content within this window
+    # is the same alarm, stored once.
+    retry_window_s: int = Field(default=180, ge=0)
+    # How long a life-safety call is held open for an operator to take it.
+    life_safety_hold_s: int = Field(default=600, ge=10)
+    db_threads: int = Field(default=8, ge=1, le=64)
+    # Let the call ring this long before answering (0: answer at once). Some PBXes and
+    # terminals expect to hear ringing first.
+    sip_ring_ms: int = Field(default=0, ge=0, le=10_000)
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:

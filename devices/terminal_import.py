@@ -22,11 +22,18 @@ from devices.models import Terminal, TerminalProtocol
 from devices.terminal_models import known_models
 
 TERMINAL_ALIASES: dict[str, str] = {
-    "序列号": "serial", "终端序列号": "serial", "型号": "model", "SIP账号": "sip_user",
-    "sip账号": "sip_user", "来电号码": "caller_id", "终端号码": "caller_id",
+    "序列号": "serial",
+    "终端序列号": "serial",
+    "型号": "model",
+    "SIP账号": "sip_user",
+    "sip账号": "sip_user",
+    "来电号码": "caller_id",
+    "终端号码": "caller_id",
     "老人编号": "elder_code",
-    "协议": "protocol", "上报间隔(分钟)": "report_interval_min", "账号": "account",
-}  # fmt: skip
+    "协议": "protocol",
+    "上报间隔(分钟)": "report_interval_min",
+    "账号": "account",
+}
 
 
 class TerminalImporter:

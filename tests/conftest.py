@@ -8,6 +8,7 @@ PostgreSQL is the one at HYT_TEST_POSTGRES_URL (default: the machine's 127.0.0.1
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +95,52 @@ def session(migrated_engine: Engine) -> Iterator[Session]:
             outer.rollback()
 
 
+@pytest.fixture(scope="session")
+def postgres_template(postgres_url: str) -> Iterator[str]:
+    """A migrated database to clone: CREATE DATABASE … TEMPLATE is much faster than migrating."""
+    name, url = _create_postgres_database()
+    engine = db.make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    try:
+        yield name
+    finally:
+        _drop_postgres_database(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    engine = db.make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A brand-new migrated database for one test, for code that commits through its own
+    sessions (other processes, thread pools) and so cannot share the rolled-back transaction."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "fresh.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite:///{path}"
+        return
+    template_name: str = request.getfixturevalue("postgres_template")
+    name = f"hyt_fresh_{uuid.uuid4().hex[:10]}"
+    admin = db.make_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
+    admin.dispose()
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
+    finally:
+        _drop_postgres_database(name)
+
+
 @pytest.fixture
-def data_dir() -> Path:
-    return Path(__file__).parent / "data"
+def fresh_engine(fresh_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(fresh_url)
+    yield engine
+    engine.dispose()

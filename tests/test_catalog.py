@@ -51,8 +51,15 @@ def test_category_found_by_code_or_either_name() -> None:
 
 
 def _one_item(**overrides: object) -> dict[str, object]:
-    item = {"code": "a.x", "name_zh": "某", "name_en": "x", "priority": "normal",
-            "response_minutes": 60, "skill": "a", "min_level": 1}  # fmt: skip
+    item = {
+        "code": "a.x",
+        "name_zh": "某",
+        "name_en": "x",
+        "priority": "normal",
+        "response_minutes": 60,
+        "skill": "a",
+        "min_level": 1,
+    }
     item.update(overrides)
     return {"categories": [{"code": "a", "name_zh": "甲", "name_en": "a", "items": [item]}]}
 

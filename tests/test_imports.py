@@ -205,8 +205,9 @@ def test_cli_import_with_bad_rows_exits_1_and_changes_nothing(tmp_path: Path) ->
     result = subprocess.run([*cmd, str(bad), "--commit"], env=env, capture_output=True, text=True)
     assert result.returncode == 1
     assert "row 3: code: duplicate code G1 (also row 2)" in result.stdout
-    good = subprocess.run([*cmd, str(EXAMPLES / "elders.csv"), "--commit"], env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    good = subprocess.run(
+        [*cmd, str(EXAMPLES / "elders.csv"), "--commit"], env=env, capture_output=True, text=True
+    )
     assert good.returncode == 0, good.stdout + good.stderr
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Elder)) == 3

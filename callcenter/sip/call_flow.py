@@ -1,0 +1,247 @@
+"""What the centre does with a call, written once for both SIP backends.
+
+1. Identify the terminal (SIP From user, caller id) and so the elder.
+2. Learn which button was pressed, by the terminal model's button map: the dialled extension,
+   an RFC 2833 digit after answer, or Contact ID (SIA DC-05) messages.
+3. Record the alarm, committed before any acknowledgement (prompt, kiss-off).
+4. Acknowledge: the "help is coming" prompt, or the DC-05 kiss-off tone.
+5. Life-safety calls stay up for an operator; others are cleared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import structlog
+
+from callcenter.intake import Press, Recorded
+from callcenter.intake_service import IntakeService
+from callcenter.models import AlarmKind, AlarmSource
+from callcenter.prompts import Prompt, prompt_audio
+from callcenter.sip.interface import CallEnded, CallHandle
+from callcenter.sip.live_calls import LiveCalls
+from devices import contact_id, tones
+from devices.models import TerminalProtocol
+from devices.registry import KnownTerminal
+
+log = structlog.get_logger(__name__)
+
+KIND_OF_BUTTON = {
+    "sos": AlarmKind.LIFE_SAFETY,
+    "service": AlarmKind.SERVICE,
+    "consult": AlarmKind.CONSULT,
+    "cancel": AlarmKind.CANCEL,
+}
+PROMPT_OF_KIND = {
+    AlarmKind.LIFE_SAFETY: Prompt.HELP_COMING,
+    AlarmKind.UNIDENTIFIED: Prompt.UNIDENTIFIED,
+    AlarmKind.SERVICE: Prompt.SERVICE_RECEIVED,
+    AlarmKind.CONSULT: Prompt.CONSULT_RECEIVED,
+    AlarmKind.CANCEL: Prompt.CANCEL_RECEIVED,
+}
+# Operator talks to these callers: the call is held open for them.
+HOLD_KINDS = frozenset({AlarmKind.LIFE_SAFETY, AlarmKind.UNIDENTIFIED})
+
+DIGIT_FIRST_TIMEOUT = 6.0  # a terminal sends its button digit right after the answer
+CID_FIRST_TIMEOUT = 5.0  # DC-05: the panel starts within a few seconds of the handshake
+CID_INTER_DIGIT = 1.5  # digits arrive ~50-100 ms apart; a long gap means the message ended
+CID_MAX_ATTEMPTS = 4  # DC-05 panels try a message up to four times
+
+
+class CallFlow:
+    """The handler every backend calls with each new inbound call."""
+
+    def __init__(
+        self, intake: IntakeService, live_calls: LiveCalls, *, hold_s: float, ring_s: float = 0.0
+    ) -> None:
+        self._intake = intake
+        self._live = live_calls
+        self._hold_s = hold_s
+        self._ring_s = ring_s
+
+    async def _answer(self, call: CallHandle) -> None:
+        if self._ring_s:
+            await asyncio.sleep(self._ring_s)  # a CANCEL meanwhile makes answer() raise
+        await call.answer()
+
+    async def __call__(self, call: CallHandle) -> None:
+        info = call.info
+        bound = log.bind(call_id=info.call_id, caller=info.caller_user, dialled=info.dialled_user)
+        try:
+            terminal = await self._intake.identify(
+                sip_user=info.caller_user, caller_number=info.caller_display or info.caller_user
+            )
+            if terminal is None:
+                await self._unidentified(call)
+            elif terminal.protocol is TerminalProtocol.CONTACT_ID:
+                await self._contact_id(call, terminal)
+            elif terminal.protocol is TerminalProtocol.EXTENSION:
+                await self._extension(call, terminal)
+            else:  # DTMF terminals, and SCAIP terminals' voice call that follows their MESSAGE
+                await self._dtmf(call, terminal)
+        except CallEnded:
+            bound.info("call.ended_by_caller")
+        except Exception:
+            # The database is down or a bug: nothing was acknowledged, so the terminal retries.
+            bound.exception("call.failed")
+            if not call.ended:
+                await call.reject(480, "Temporarily Unavailable")
+                await call.hangup()
+
+    # -- the ways a button press arrives ---------------------------------------------------
+
+    async def _extension(self, call: CallHandle, terminal: KnownTerminal) -> None:
+        button = terminal.button_for(call.info.dialled_user)
+        if button is None:
+            # An unknown extension: ask, as for a DTMF terminal.
+            await self._dtmf(call, terminal)
+            return
+        # Commit before the 200 OK: even the answer cannot come before the alarm is stored.
+        recorded = await self._record(
+            call,
+            terminal,
+            AlarmSource.EXTENSION,
+            KIND_OF_BUTTON[button],
+            event_code=call.info.dialled_user,
+        )
+        await self._answer(call)
+        await self._acknowledge(call, recorded)
+
+    async def _dtmf(self, call: CallHandle, terminal: KnownTerminal) -> None:
+        await self._answer(call)
+        digits = await call.collect_digits(
+            1, first_timeout=DIGIT_FIRST_TIMEOUT, inter_digit_timeout=1.0
+        )
+        if not digits:
+            await call.play(prompt_audio(Prompt.PRESS_BUTTON))
+            call.clear_digits()
+            digits = await call.collect_digits(
+                1, first_timeout=DIGIT_FIRST_TIMEOUT, inter_digit_timeout=1.0
+            )
+        button = terminal.button_for(digits) if digits else None
+        # No digit at all, or one the map does not know: treat it as a call for help
+        # (an elder who cannot press again must still reach a person).
+        kind = KIND_OF_BUTTON[button] if button else AlarmKind.LIFE_SAFETY
+        recorded = await self._record(
+            call, terminal, AlarmSource.DTMF, kind, event_code=digits or None
+        )
+        await self._acknowledge(call, recorded)
+
+    async def _unidentified(self, call: CallHandle) -> None:
+        recorded = await self._record(call, None, AlarmSource.DTMF, AlarmKind.UNIDENTIFIED)
+        await self._answer(call)
+        await self._acknowledge(call, recorded)
+
+    async def _contact_id(self, call: CallHandle, terminal: KnownTerminal) -> None:
+        """SIA DC-05: handshake, 16 digits, checksum, kiss-off only after the commit."""
+        await self._answer(call)
+        hold = False
+        attempts = 0
+        await call.play(tones.handshake())
+        while attempts < CID_MAX_ATTEMPTS:
+            digits = await call.collect_digits(
+                16, first_timeout=CID_FIRST_TIMEOUT, inter_digit_timeout=CID_INTER_DIGIT
+            )
+            if not digits:
+                break  # the panel has finished (or gave up)
+            try:
+                message = contact_id.parse(digits)
+            except contact_id.ContactIdError as exc:
+                attempts += 1
+                # No kiss-off: the panel sends the message again.
+                log.warning(
+                    "contact_id.rejected",
+                    call_id=call.info.call_id,
+                    reason=exc.reason,
+                    digits_len=len(digits),
+                )
+                continue
+            attempts = 0
+            recorded = await self._record_contact_id(call, terminal, message)
+            await call.play(tones.kiss_off())
+            await self._intake.acknowledge(recorded.alarm_id)
+            hold = (
+                hold
+                or message.listen_in_follows
+                or (message.kind == "life_safety" and not message.is_restore)
+            )
+        if hold and not call.ended:
+            await self._hold_for_operator(call, None)
+        await call.hangup()
+
+    # -- recording and acknowledging ---------------------------------------------------------
+
+    async def _record(
+        self,
+        call: CallHandle,
+        terminal: KnownTerminal | None,
+        source: AlarmSource,
+        kind: AlarmKind,
+        *,
+        event_code: str | None = None,
+    ) -> Recorded:
+        info = call.info
+        # The same button from the same terminal is the same alarm if it was never acknowledged.
+        fingerprint = f"{source.value}:{kind.value}:{event_code or ''}"
+        return await self._intake.record(
+            Press(
+                source=source,
+                kind=kind,
+                dedup_key=f"sip:{info.call_id}:{info.branch}",
+                caller=info.caller_user or info.caller_display,
+                terminal_id=terminal.id if terminal else None,
+                elder_id=terminal.elder_id if terminal else None,
+                event_code=event_code,
+                fingerprint=fingerprint if terminal else "",
+                raw={
+                    "dialled": info.dialled_user,
+                    "display": info.caller_display,
+                    "source": f"{info.source[0]}:{info.source[1]}",
+                },
+            )
+        )
+
+    async def _record_contact_id(
+        self, call: CallHandle, terminal: KnownTerminal, message: contact_id.ContactIdMessage
+    ) -> Recorded:
+        if message.kind == "test":
+            kind = AlarmKind.TEST
+        elif message.is_restore:
+            kind = AlarmKind.CANCEL if message.kind == "life_safety" else AlarmKind.TECHNICAL
+        else:
+            kind = {"life_safety": AlarmKind.LIFE_SAFETY, "technical": AlarmKind.TECHNICAL}.get(
+                message.kind, AlarmKind.TECHNICAL
+            )
+        digest = hashlib.sha1(message.raw.encode(), usedforsecurity=False).hexdigest()[:16]
+        return await self._intake.record(
+            Press(
+                source=AlarmSource.CONTACT_ID,
+                kind=kind,
+                # Several messages in one call: the digits tell them apart.
+                dedup_key=f"cid:{call.info.call_id}:{digest}",
+                caller=call.info.caller_user,
+                terminal_id=terminal.id,
+                elder_id=terminal.elder_id,
+                event_code=f"{message.qualifier}{message.event_code}",
+                fingerprint=f"cid:{message.raw}",
+                raw={
+                    "digits": message.raw,
+                    "account": message.account,
+                    "event": message.event_name,
+                    "zone": message.zone,
+                },
+            )
+        )
+
+    async def _acknowledge(self, call: CallHandle, recorded: Recorded) -> None:
+        await call.play(prompt_audio(PROMPT_OF_KIND.get(recorded.kind, Prompt.HELP_COMING)))
+        await self._intake.acknowledge(recorded.alarm_id)
+        if recorded.kind in HOLD_KINDS:
+            await self._hold_for_operator(call, recorded)
+        await call.hangup()
+
+    async def _hold_for_operator(self, call: CallHandle, recorded: Recorded | None) -> None:
+        """Keep a life-safety call up until the caller hangs up, an operator ends it, or timeout."""
+        with self._live.holding(call, recorded):
+            await call.wait_ended(self._hold_s)

@@ -1,0 +1,88 @@
+"""The one small interface between the centre's call logic and a SIP/RTP stack.
+
+Two backends implement it (``HYT_SIP_BACKEND``): ``aiosipua`` (aiosipua + aiortp, asyncio, the
+default) and ``pyvoip`` (pyVoIP 1.6.8, threads, hardened in our adapter). The call flow in
+:mod:`callcenter.sip.call_flow` is written once against this interface and runs on both.
+
+Audio crosses the interface as 16-bit signed little-endian PCM, 8 kHz, mono: each backend
+converts to what its library takes (aiortp: the same; pyVoIP: 8-bit unsigned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+SAMPLE_RATE = 8000
+BYTES_PER_SAMPLE = 2
+FRAME_BYTES = 320  # 20 ms of 16-bit PCM at 8 kHz, one RTP packet
+
+
+class CallEnded(Exception):
+    """The far end hung up (BYE or CANCEL) while we were waiting on the call."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What the INVITE told us, before anything is answered."""
+
+    call_id: str
+    caller_user: str  # user part of the From URI: the terminal's SIP user
+    caller_display: str  # display name or P-Asserted-Identity number, may be empty
+    dialled_user: str  # user part of the Request-URI: the extension the button dialled
+    source: tuple[str, int]  # where the INVITE came from (the terminal or the SIP edge)
+    branch: str  # top Via branch, part of the key that makes a retransmission harmless
+
+
+class CallHandle(Protocol):
+    """One inbound call, as the call flow sees it. Every method is safe after the call ended."""
+
+    @property
+    def info(self) -> CallInfo: ...
+
+    @property
+    def ended(self) -> bool: ...
+
+    async def answer(self) -> None:
+        """Send 200 OK with our SDP (PCMU + telephone-event). Raises CallEnded if cancelled."""
+        ...
+
+    async def reject(self, status: int, reason: str = "") -> None:
+        """Refuse a call not yet answered (480 while the database is down: the terminal retries)."""
+        ...
+
+    async def collect_digits(
+        self, count: int, *, first_timeout: float, inter_digit_timeout: float
+    ) -> str:
+        """Up to ``count`` RFC 2833 digits, fewer on a timeout. Raises CallEnded on hang-up."""
+        ...
+
+    def clear_digits(self) -> None:
+        """Forget digits received so far (e.g. those that arrived during a prompt)."""
+        ...
+
+    async def play(self, pcm: bytes) -> None:
+        """Play 16-bit 8 kHz mono PCM and return when it has been sent. Raises CallEnded."""
+        ...
+
+    async def hangup(self) -> None:
+        """Send BYE (if answered) and release the media. Idempotent."""
+        ...
+
+    async def wait_ended(self, timeout: float | None = None) -> bool:
+        """Wait for the far end to hang up; True if it did within ``timeout``."""
+        ...
+
+
+CallCallback = Callable[[CallHandle], Awaitable[None]]
+
+
+class CallBackend(Protocol):
+    """A SIP user agent server that hands every new inbound call to ``on_call``."""
+
+    name: str
+
+    async def start(self, on_call: CallCallback) -> None: ...
+
+    async def stop(self) -> None: ...
