@@ -7,6 +7,7 @@ PostgreSQL (production and tests). Times are stored in UTC and shown in Asia/Sha
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -99,8 +100,15 @@ def get_engine() -> Engine:
     return _engine
 
 
+def load_models() -> None:
+    """Import every model module: a mapper names tables of other packages by string, and all
+    of them must be known before the first query."""
+    importlib.import_module("callcenter.all_models")
+
+
 def session_factory() -> sessionmaker[Session]:
     global _session_factory
+    load_models()
     if _session_factory is None:
         _session_factory = sessionmaker(get_engine(), expire_on_commit=False)
     return _session_factory

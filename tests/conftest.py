@@ -126,8 +126,18 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         path = tmp_path / "fresh.db"
         shutil.copyfile(template, path)
         yield f"sqlite:///{path}"
-        return
-    template_name: str = request.getfixturevalue("postgres_template")
+    else:
+        yield from _fresh_postgres(request.getfixturevalue("postgres_template"))
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_template: str) -> Iterator[str]:
+    """As ``fresh_url``, PostgreSQL only: for process-level tests where the database is not
+    what is being tested, so that they do not run twice."""
+    yield from _fresh_postgres(postgres_template)
+
+
+def _fresh_postgres(template_name: str) -> Iterator[str]:
     name = f"hyt_fresh_{uuid.uuid4().hex[:10]}"
     admin = db.make_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

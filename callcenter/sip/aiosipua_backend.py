@@ -20,6 +20,7 @@ from callcenter.sip.pacer import Pacer
 log = structlog.get_logger(__name__)
 
 PCMU = 0
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 BYE_TIMEOUT = 8.0
 
 
@@ -113,7 +114,7 @@ class AiosipuaCall:
                 supported_codecs=[PCMU],  # the default [0, 8] would pick PCMA when offered first
                 dtmf_payload_type=te,  # follow the offer's number, or every digit is lost
             )
-            self._session.on_dtmf = lambda digit, _duration: self._digits.put_nowait(digit)
+            self._session.on_dtmf = self._on_dtmf
             await self._session.start()  # bind RTP before the 200 announces it
         except (SdpNegotiationError, ValueError, OSError) as exc:
             log.warning("sip.media_failed", call_id=self._info.call_id, reason=repr(exc)[:200])
@@ -124,6 +125,13 @@ class AiosipuaCall:
         self._raise_if_ended()
         self._call.accept(self._session.sdp_answer)
         self._answered = True
+
+    def _on_dtmf(self, digit: str, _duration: int) -> None:
+        # aiortp reports an event outside RFC 4733's 0-15 as "?": line noise, never a button.
+        if digit in DTMF_DIGITS:
+            self._digits.put_nowait(digit)
+        else:
+            log.warning("rtp.bad_dtmf_event", call_id=self._info.call_id)
 
     async def reject(self, status: int, reason: str = "") -> None:
         if self._answered or self._rejected or self._call.dialog.state == DialogState.TERMINATED:

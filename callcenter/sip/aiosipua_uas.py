@@ -184,8 +184,15 @@ class CentreUAS(SipUAS):
         to_uri = str(req.from_addr.uri)
         from_uri = str(req.to_addr.uri) if req.to_addr else f"sip:centre@{addr[0]}"
         try:
+            # Same Call-ID as the terminal's MESSAGE: devices match the <mrs> by <ref>, but
+            # simple UAs (and SIPp) match by Call-ID; out of a dialog either is allowed.
             await self.send_message(
-                to_uri, addr, from_uri, reply.followup_body or b"", reply.followup_content_type
+                to_uri,
+                addr,
+                from_uri,
+                reply.followup_body or b"",
+                reply.followup_content_type,
+                call_id=req.call_id,
             )
         except TimeoutError:
             log.warning("sip.followup_unanswered", to=to_uri)
@@ -217,7 +224,14 @@ class CentreUAS(SipUAS):
             self._pending.pop(branch, None)
 
     async def send_message(
-        self, to_uri: str, addr: tuple[str, int], from_uri: str, body: bytes, content_type: str
+        self,
+        to_uri: str,
+        addr: tuple[str, int],
+        from_uri: str,
+        body: bytes,
+        content_type: str,
+        *,
+        call_id: str | None = None,
     ) -> SipResponse:
         host, port = self.advertised_addr or self.transport.local_addr
         req = SipRequest(method="MESSAGE", uri=to_uri)
@@ -226,7 +240,7 @@ class CentreUAS(SipUAS):
             ("Max-Forwards", "70"),
             ("From", f"<{from_uri}>;tag={generate_tag()}"),
             ("To", f"<{to_uri}>"),
-            ("Call-ID", generate_call_id(host)),
+            ("Call-ID", call_id or generate_call_id(host)),
             ("CSeq", "1 MESSAGE"),
             ("Content-Type", content_type),
         ):

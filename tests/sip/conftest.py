@@ -1,0 +1,131 @@
+"""A real call-handler process (``hyt sip``) on loopback, for SIPp and raw-socket tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from callcenter import db
+from devices.models import TerminalProtocol
+from tests.factories import make_elder, make_terminal
+from tests.sip.sipp import free_port_pair, free_udp_port
+
+BACKENDS = ["aiosipua"]
+ROOT = Path(__file__).parents[2]
+
+
+@dataclass
+class Centre:
+    backend: str
+    host: str
+    port: int
+    url: str
+    engine: Engine
+    log: Path
+    scaip_port: int
+    # protocol → (sip_user, elder_id, terminal_id, account)
+    terminals: dict[TerminalProtocol, tuple[str, int, int, str | None]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+def options_ok(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Send one OPTIONS and report whether a 200 came back."""
+    branch = f"z9hG4bK-probe-{uuid.uuid4().hex[:8]}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        lport = s.getsockname()[1]
+        msg = (
+            f"OPTIONS sip:centre@{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch={branch};rport\r\n"
+            f"From: <sip:probe@127.0.0.1:{lport}>;tag=probe\r\n"
+            f"To: <sip:centre@{host}:{port}>\r\n"
+            f"Call-ID: {uuid.uuid4().hex}@probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        s.settimeout(timeout)
+        s.sendto(msg.encode(), (host, port))
+        try:
+            data = s.recv(65535)
+        except TimeoutError:
+            return False
+        return data.startswith(b"SIP/2.0 200")
+
+
+def seed_terminals(engine: Engine) -> dict[TerminalProtocol, tuple[str, int, int, str | None]]:
+    seeded = {}
+    with Session(engine) as s:
+        for protocol in TerminalProtocol:
+            elder = make_elder(s)
+            terminal = make_terminal(s, elder, protocol)
+            seeded[protocol] = (terminal.sip_user or "", elder.id, terminal.id, terminal.account)
+        s.commit()
+    return seeded
+
+
+@pytest.fixture(params=BACKENDS)
+def centre(
+    request: pytest.FixtureRequest, fresh_postgres_url: str, tmp_path: Path
+) -> Iterator[Centre]:
+    engine = db.make_engine(fresh_postgres_url)
+    terminals = seed_terminals(engine)
+    port = free_udp_port()
+    scaip_port = free_udp_port()
+    rtp = free_port_pair()
+    env = {
+        **os.environ,
+        "HYT_ENV": "test",
+        "HYT_SECRET_KEY": "test-secret-key-0123456789-abcdefghijklmnop",
+        "HYT_DATABASE_URL": fresh_postgres_url,
+        "HYT_SIP_BACKEND": request.param,
+        "HYT_SIP_HOST": "127.0.0.1",
+        "HYT_SIP_PORT": str(port),
+        "HYT_SCAIP_PORT": str(scaip_port),
+        "HYT_RTP_PORT_LOW": str(rtp - rtp % 1000 if rtp > 21000 else 21000),
+        "HYT_RTP_PORT_HIGH": str((rtp - rtp % 1000 if rtp > 21000 else 21000) + 998),
+        "HYT_LIFE_SAFETY_HOLD_S": "15",
+    }
+    marker = request.node.get_closest_marker("centre_env")
+    env.update(marker.kwargs if marker else {})
+    log = tmp_path / "centre.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "callcenter", "sip"], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not options_ok("127.0.0.1", port, 0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"call handler did not start:\n{log.read_text()[-3000:]}")
+        yield Centre(
+            request.param,
+            "127.0.0.1",
+            port,
+            fresh_postgres_url,
+            engine,
+            log,
+            scaip_port if request.param == "pyvoip" else port,
+            terminals,
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        engine.dispose()
