@@ -377,3 +377,40 @@ def build_mrs(*, ref: str, snu: int = 0, mre: int | None = None, hbi: int | None
     return b'<?xml version="1.0" encoding="UTF-8"?>' + tostring(
         root, encoding="utf-8", xml_declaration=False
     )
+
+
+def build_mrq(
+    *,
+    ref: str,
+    cid: str | None = None,
+    dty: str | None = None,
+    did: str | None = None,
+    mty: str | None = None,
+    stc: str | None = None,
+    pri: int | None = None,
+    lco: str | None = None,
+    lge: str | None = None,
+    crd: str | None = None,
+    ver: str | None = None,
+) -> bytes:
+    """Build an ``<mrq>`` request body as a SCAIP terminal sends it (for the terminal simulator).
+
+    Tags are written in SS 91100's order, only when given; ``lge`` goes into ``<lge><geo>``.
+    Codes are sent as given, so that a test can imitate a vendor's padding (``10`` for 0010).
+    """
+    if not ref.strip():
+        raise ValueError("ref is mandatory")
+    tags = {"ref": ref, "cid": cid, "dty": dty, "did": did, "mty": mty, "stc": stc,
+            "pri": None if pri is None else str(pri), "lco": lco, "lge": lge, "crd": crd,
+            "ver": ver}  # fmt: skip
+    root = Element("mrq")
+    for name, value in tags.items():
+        if value is None:
+            continue
+        if _NOT_XML_CHAR.search(value):
+            raise ValueError(f"{name} holds characters that XML 1.0 cannot carry")
+        element = SubElement(root, name)
+        (SubElement(element, "geo") if name == "lge" else element).text = value
+    return b'<?xml version="1.0" encoding="UTF-8"?>' + tostring(
+        root, encoding="utf-8", xml_declaration=False
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import time
 from collections import deque
 
 import structlog
@@ -15,7 +17,7 @@ from aiosipua.transport import UdpSipTransport
 
 from callcenter.sip.aiosipua_uas import CentreUAS, MessageHandler
 from callcenter.sip.interface import CallCallback, CallEnded, CallInfo
-from callcenter.sip.pacer import Pacer
+from callcenter.sip.pacer import FRAME_SECONDS, Pacer
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +51,13 @@ def uri_user(text: str) -> str:
         return ""
 
 
+def edge_address(edge: str) -> str:
+    """``kamailio.local:5060`` / ``10.0.0.5`` / ``[::1]:5060`` → the IP requests come from."""
+    host = edge.rsplit(":", 1)[0] if edge.count(":") == 1 else edge
+    host = host.strip("[]")
+    return socket.gethostbyname(host) if not host.replace(".", "").isdigit() else host
+
+
 class PortPool:
     """Even RTP ports (RTCP takes the odd one above), handed out and always given back."""
 
@@ -80,6 +89,7 @@ class AiosipuaCall:
         self._ended = asyncio.Event()
         self._answered = False
         self._rejected = False
+        self._last_frame_at: float | None = None
 
     @property
     def info(self) -> CallInfo:
@@ -174,9 +184,7 @@ class AiosipuaCall:
         session = self._session
         if session is None or session.rtp_session is None:
             return  # not answered: nothing to play into
-        playing = asyncio.ensure_future(
-            self._backend.pacer.play(pcm, session.rtp_session.send_audio_auto)
-        )
+        playing = asyncio.ensure_future(self._backend.pacer.play(pcm, self._send_frame))
         ender = asyncio.ensure_future(self._ended.wait())
         done, _ = await asyncio.wait({playing, ender}, return_when=asyncio.FIRST_COMPLETED)
         ender.cancel()
@@ -184,6 +192,22 @@ class AiosipuaCall:
             playing.cancel()
             raise CallEnded(self._info.call_id)
         playing.result()
+
+    def _send_frame(self, payload: bytes, first: bool) -> None:
+        """One μ-law frame. RTP time follows real time (RFC 3550 §5.1): after a silence the
+        timestamp jumps by the silence, and the first frame of a sound carries the marker."""
+        session = self._session
+        if session is None or session.rtp_session is None:
+            raise CallEnded(self._info.call_id)
+        rtp = session.rtp_session
+        sender = rtp._sender  # aiortp 0.8.0, pinned: no public API for timestamp or marker
+        now = time.monotonic()
+        if first and self._last_frame_at is not None:
+            silent_frames = max(0, round((now - self._last_frame_at) / FRAME_SECONDS) - 1)
+            for _ in range(silent_frames):
+                sender.advance_timestamp()
+        sender.send_frame_auto(payload, marker=1 if first else 0, addr=rtp._remote_addr)
+        self._last_frame_at = now
 
     async def hangup(self) -> None:
         if self._answered and not self._ended.is_set():
@@ -237,6 +261,7 @@ class AiosipuaBackend:
         advertised_host: str | None = None,
         on_message: MessageHandler | None = None,
         user_agent: str = "HuYuanTong",
+        edge: str = "",
     ) -> None:
         self.host = host
         self.port = port
@@ -251,6 +276,8 @@ class AiosipuaBackend:
             advertised_addr=advertised,
         )
         self.uas.on_sip_message = on_message
+        if edge:
+            self.uas.allowed_sources = frozenset({edge_address(edge)})
         self._calls: dict[str, AiosipuaCall] = {}
         self._on_call: CallCallback | None = None
 
@@ -278,6 +305,7 @@ class AiosipuaBackend:
             dialled_user=uri_user(invite.uri),
             source=call.source_addr,
             branch=invite.via[0].branch or "" if invite.via else "",
+            received_at=time.time(),
         )
         handle = AiosipuaCall(self, call, info)
         self._calls[call.call_id] = handle

@@ -70,6 +70,9 @@ class CentreUAS(SipUAS):
         # Non-INVITE server transactions: a retransmitted MESSAGE gets the same answer.
         self._message_answers: dict[str, SipResponse | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # With a SIP edge in front (HYT_SIP_REGISTRAR), only the edge may talk to us: terminals
+        # are authenticated there, not here.
+        self.allowed_sources: frozenset[str] = frozenset()
 
     def spawn(self, coro: Awaitable[None]) -> None:
         """Run ``coro`` as a task we keep a reference to (asyncio keeps only weak ones)."""
@@ -80,6 +83,11 @@ class CentreUAS(SipUAS):
     # -- gap: responses to our own out-of-dialog requests are dropped by the library --------
 
     def _on_message(self, msg: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
+        if self.allowed_sources and addr[0] not in self.allowed_sources:
+            log.warning("sip.foreign_source", source=addr[0])
+            if isinstance(msg, SipRequest) and msg.method.upper() != "ACK":
+                self._send_error(msg, 403, "Forbidden - use the SIP edge")
+            return
         if isinstance(msg, SipResponse):
             future = self._pending.get(_branch(msg))
             if future is not None:

@@ -159,8 +159,7 @@ class CallFlow:
                 continue
             attempts = 0
             recorded = await self._record_contact_id(call, terminal, message)
-            await call.play(tones.kiss_off())
-            await self._intake.acknowledge(recorded.alarm_id)
+            await self._play_then_acknowledge(call, tones.kiss_off(), recorded)
             hold = (
                 hold
                 or message.listen_in_follows
@@ -195,6 +194,7 @@ class CallFlow:
                 event_code=event_code,
                 fingerprint=fingerprint if terminal else "",
                 raw={
+                    "invite_at": info.received_at,
                     "dialled": info.dialled_user,
                     "display": info.caller_display,
                     "source": f"{info.source[0]}:{info.source[1]}",
@@ -234,9 +234,26 @@ class CallFlow:
             )
         )
 
+    async def _play_then_acknowledge(
+        self, call: CallHandle, pcm: bytes, recorded: Recorded
+    ) -> None:
+        """Play the acknowledgement; once it has started, the alarm counts as acknowledged.
+
+        A panel goes on-hook as soon as it recognises the kiss-off, and an elder may hang up
+        during the prompt: either way the terminal was told, and a later identical press is a
+        new alarm, not a retry of this one.
+        """
+        if call.ended:
+            # Gone before anything was said: unacknowledged, so its retry is this alarm.
+            raise CallEnded(call.info.call_id)
+        try:
+            await call.play(pcm)
+        finally:
+            await asyncio.shield(self._intake.acknowledge(recorded.alarm_id))
+
     async def _acknowledge(self, call: CallHandle, recorded: Recorded) -> None:
-        await call.play(prompt_audio(PROMPT_OF_KIND.get(recorded.kind, Prompt.HELP_COMING)))
-        await self._intake.acknowledge(recorded.alarm_id)
+        prompt = prompt_audio(PROMPT_OF_KIND.get(recorded.kind, Prompt.HELP_COMING))
+        await self._play_then_acknowledge(call, prompt, recorded)
         if recorded.kind in HOLD_KINDS:
             await self._hold_for_operator(call, recorded)
         await call.hangup()

@@ -33,6 +33,7 @@ class CallInfo:
     dialled_user: str  # user part of the Request-URI: the extension the button dialled
     source: tuple[str, int]  # where the INVITE came from (the terminal or the SIP edge)
     branch: str  # top Via branch, part of the key that makes a retransmission harmless
+    received_at: float = 0.0  # time.time() when the INVITE arrived (for INVITE→alarm figures)
 
 
 class CallHandle(Protocol):

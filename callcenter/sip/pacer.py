@@ -33,7 +33,7 @@ def pcmu_frames(pcm: bytes) -> tuple[bytes, ...]:
 @dataclass(eq=False)
 class _Player:
     frames: tuple[bytes, ...]
-    send: Callable[[bytes], object]
+    send: Callable[[bytes, bool], object]
     done: asyncio.Future[None]
     position: int = field(default=0)
 
@@ -43,8 +43,9 @@ class Pacer:
         self._players: set[_Player] = set()
         self._task: asyncio.Task[None] | None = None
 
-    async def play(self, pcm: bytes, send: Callable[[bytes], object]) -> None:
-        """Send ``pcm`` through ``send`` one 20 ms frame per tick; return when all are sent."""
+    async def play(self, pcm: bytes, send: Callable[[bytes, bool], object]) -> None:
+        """Send ``pcm`` through ``send(payload, first)`` one 20 ms frame per tick; return when
+        all are sent. ``first`` marks the start of a talkspurt (RFC 3551 §4.1 marker bit)."""
         frames = pcmu_frames(pcm)
         if not frames:
             return
@@ -64,7 +65,7 @@ class Pacer:
                 if player.done.done():
                     continue
                 try:
-                    player.send(player.frames[player.position])
+                    player.send(player.frames[player.position], player.position == 0)
                 except Exception as exc:  # a closed session: that call's playback ends
                     player.done.set_exception(exc)
                     continue

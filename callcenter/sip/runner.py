@@ -57,6 +57,7 @@ def build_backend(settings: Settings, on_message: ScaipIngress | None) -> CallBa
         rtp_port_high=settings.rtp_port_high,
         advertised_host=settings.sip_advertised_host,
         on_message=on_message,
+        edge=settings.sip_registrar,
     )
 
 
@@ -89,6 +90,7 @@ async def start_sip(
             settings.scaip_port,
             advertised_host=settings.sip_advertised_host,
             on_message=ingress,
+            edge=settings.sip_registrar,
         )
         await listener.start(_refuse_calls)
         stack.push_async_callback(listener.stop)

@@ -46,14 +46,21 @@ class Centre:
 
 def options_ok(host: str, port: int, timeout: float = 1.0) -> bool:
     """Send one OPTIONS and report whether a 200 came back."""
+    return options_status(host, port, timeout) == 200
+
+
+def options_status(
+    host: str, port: int, timeout: float = 1.0, source: str = "127.0.0.1"
+) -> int | None:
+    """The status of the answer to one OPTIONS sent from ``source``; None if none came."""
     branch = f"z9hG4bK-probe-{uuid.uuid4().hex[:8]}"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((source, 0))
         lport = s.getsockname()[1]
         msg = (
             f"OPTIONS sip:centre@{host}:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch={branch};rport\r\n"
-            f"From: <sip:probe@127.0.0.1:{lport}>;tag=probe\r\n"
+            f"Via: SIP/2.0/UDP {source}:{lport};branch={branch};rport\r\n"
+            f"From: <sip:probe@{source}:{lport}>;tag=probe\r\n"
             f"To: <sip:centre@{host}:{port}>\r\n"
             f"Call-ID: {uuid.uuid4().hex}@probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
             "Content-Length: 0\r\n\r\n"
@@ -63,8 +70,8 @@ def options_ok(host: str, port: int, timeout: float = 1.0) -> bool:
         try:
             data = s.recv(65535)
         except TimeoutError:
-            return False
-        return data.startswith(b"SIP/2.0 200")
+            return None
+        return int(data.split()[1]) if data.startswith(b"SIP/2.0 ") else None
 
 
 def seed_terminals(engine: Engine) -> dict[TerminalProtocol, tuple[str, int, int, str | None]]:
@@ -108,7 +115,7 @@ def centre(
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         deadline = time.monotonic() + 20
-        while not options_ok("127.0.0.1", port, 0.5):
+        while options_status("127.0.0.1", port, 0.5) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"call handler did not start:\n{log.read_text()[-3000:]}")
         yield Centre(

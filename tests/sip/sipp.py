@@ -126,8 +126,11 @@ def call_scenario(
     )
     steps = [f'<send retrans="500">{_cdata(invite)}</send>']
     # The centre rings at once; SIPp needs a mandatory message before any pause.
+    pause_follows = resend_invite_after_ms is not None or cancel_after_ms is not None
     steps.append('<recv response="100" optional="true"/>')
-    steps.append('<recv response="180"/>')
+    steps.append(
+        '<recv response="180"/>' if pause_follows else '<recv response="180" optional="true"/>'
+    )
     if resend_invite_after_ms is not None:
         steps.append(f'<pause milliseconds="{resend_invite_after_ms}"/>')
         steps.append(f"<send>{_cdata(invite)}</send>")

@@ -41,6 +41,7 @@ class FakeCall:
         self._ended = False
         self._plays = 0
         self._hang_up_after_play = hang_up_after_play
+        self.hang_up_after_digits = False
 
     @property
     def info(self) -> CallInfo:
@@ -63,6 +64,7 @@ class FakeCall:
             raise CallEnded()
         burst = self.bursts.pop(0) if self.bursts else ""
         self.events.append(f"digits:{burst}")
+        self._ended = self.hang_up_after_digits
         return burst[:count]
 
     def clear_digits(self) -> None:
@@ -78,7 +80,8 @@ class FakeCall:
                 self.alarms_at_ack.append(len(s.scalars(select(Alarm.id)).all()))
         self._plays += 1
         if self._hang_up_after_play is not None and self._plays >= self._hang_up_after_play:
-            self._ended = True
+            self._ended = True  # the far end hung up while this sound was playing
+            raise CallEnded()
 
     async def hangup(self) -> None:
         if not self._ended:
@@ -248,21 +251,9 @@ def test_unacknowledged_alarm_retried_is_stored_once(
     fresh_engine: Engine, intake: IntakeService
 ) -> None:
     terminal = add_terminal(fresh_engine, TerminalProtocol.DTMF)
-    # The caller is gone before the prompt: stored, never acknowledged.
-    first = FakeCall(
-        fresh_engine,
-        caller=terminal.sip_user or "",
-        bursts=["2"],
-        hang_up_after_play=0,
-        call_id="try-1",
-    )
-    first._ended = False
-    first._hang_up_after_play = None
-
-    async def drop_before_ack(pcm: bytes) -> None:
-        raise CallEnded()
-
-    first.play = drop_before_ack  # type: ignore[method-assign]
+    # The caller hangs up right after pressing: stored, never acknowledged.
+    first = FakeCall(fresh_engine, caller=terminal.sip_user or "", bursts=["2"], call_id="try-1")
+    first.hang_up_after_digits = True
     run(flow_for(intake), first)
     retry = FakeCall(fresh_engine, caller=terminal.sip_user or "", bursts=["2"], call_id="try-2")
     run(flow_for(intake), retry)
@@ -287,3 +278,16 @@ def test_database_failure_rejects_without_acknowledging(
     call = FakeCall(fresh_engine, caller=terminal.sip_user or "", dialled="110")
     run(flow_for(intake), call)
     assert call.events == ["reject:480"]  # no answer, no prompt: the terminal retries
+
+
+def test_kiss_off_cut_short_by_the_panel_still_acknowledges(
+    fresh_engine: Engine, intake: IntakeService
+) -> None:
+    terminal = add_terminal(fresh_engine, TerminalProtocol.CONTACT_ID, account="5678")
+    sos = contact_id.encode("5678", "101")
+    # The panel goes on-hook as soon as it recognises the kiss-off (the 2nd sound played).
+    call = FakeCall(fresh_engine, caller=terminal.sip_user or "", bursts=[sos],
+                    hang_up_after_play=2)  # fmt: skip
+    run(flow_for(intake), call)
+    (alarm,) = alarms(fresh_engine)
+    assert alarm.acknowledged_at is not None

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from callcenter.models import Alarm, AlarmKind
 from devices import contact_id
 from devices.models import TerminalProtocol
-from tests.sip.conftest import Centre, options_ok
+from tests.sip.conftest import Centre, options_ok, options_status
 from tests.sip.pcap import write_dtmf_pcap
 from tests.sip.raw import RawSip, answered_rtp_port, dtmf_event_packets, rtp_packet, sdp_offer
 from tests.sip.sipp import call_scenario, run_sipp, scaip_scenario
@@ -227,3 +227,13 @@ def test_scaip_malformed_body_gets_a_nonzero_snu(centre: Centre) -> None:
     assert result.ok, result.output
     assert stored(centre, wait_s=1) == []
     assert options_ok(*centre.address)
+
+
+@pytest.mark.centre_env(HYT_SIP_REGISTRAR="127.0.0.2")
+def test_behind_an_edge_only_the_edge_may_call(centre: Centre) -> None:
+    assert options_status(*centre.address, source="127.0.0.2") == 200
+    assert options_status(*centre.address, source="127.0.0.1") == 403
+    user, *_ = centre.terminals[TerminalProtocol.DTMF]
+    result = run_sipp(call_scenario(user=user, expect_final=403), centre.address)
+    assert result.ok, result.output
+    assert stored(centre, wait_s=1) == []
