@@ -136,6 +136,73 @@ def _with_overrides(settings: Settings, **changes: object) -> Settings:
     return Settings.model_validate({**settings.model_dump(), **values}) if values else settings
 
 
+user_app = typer.Typer(help="Console accounts. 账号。", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    role: Annotated[str, typer.Option(help="operator, supervisor or admin")] = "operator",
+    name: Annotated[str, typer.Option(help="display name, e.g. 张接警")] = "",
+    password: Annotated[
+        str | None, typer.Option(help="default: asked for (or read from stdin when piped)")
+    ] = None,
+) -> None:
+    """Create a console account (argon2-hashed password). 创建账号。"""
+    from callcenter.models import Role
+    from callcenter.web.auth import UserError, add_user
+
+    try:
+        role_value = Role(role)
+    except ValueError:
+        console.print(f"[red]role must be one of {', '.join(r.value for r in Role)}[/red]")
+        raise typer.Exit(2) from None
+    if password is None:
+        password = (
+            sys.stdin.readline().rstrip("\n")
+            if not sys.stdin.isatty()
+            else typer.prompt("password / 密码", hide_input=True, confirmation_prompt=True)
+        )
+    _session_ready()
+    try:
+        with db.session_scope() as session:
+            add_user(session, username=username, password=password, role=role_value,
+                     display_name=name)  # fmt: skip
+    except UserError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"[green]✓ {username} ({role_value.value})[/green]")
+
+
+@app.command("web")
+def web(
+    host: Annotated[str | None, typer.Option(help="HYT_HTTP_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="HYT_HTTP_PORT")] = None,
+) -> None:
+    """Run the web console and API alone. 网页控制台。"""
+    import uvicorn
+
+    from callcenter.settings import get_settings
+    from callcenter.web.app import create_app
+
+    settings = _with_overrides(get_settings(), http_host=host, http_port=port)
+    _session_ready()
+    uvicorn.run(create_app(), host=settings.http_host, port=settings.http_port, log_level="info")
+
+
+@app.command("serve")
+def serve() -> None:
+    """Run everything in one process (small site): web, call handler, SCAIP. 一体化运行。"""
+    import asyncio
+
+    from callcenter.server import serve_all
+    from callcenter.settings import get_settings
+
+    _session_ready()
+    asyncio.run(serve_all(get_settings()))
+
+
 @app.command("seed-demo")
 def seed_demo(
     seed: Annotated[int, typer.Option(help="random seed: same seed, same district")] = 2026,

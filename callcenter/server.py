@@ -1,0 +1,50 @@
+"""``hyt serve``: web console, call handler and SCAIP ingress in one process, for a small site."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import AsyncExitStack
+
+import structlog
+import uvicorn
+
+from callcenter.settings import Settings
+from callcenter.sip.runner import SipServices, start_sip
+from callcenter.web.app import create_app
+
+log = structlog.get_logger(__name__)
+
+
+async def start_all(
+    settings: Settings, stack: AsyncExitStack
+) -> tuple[SipServices, uvicorn.Server]:
+    """Start every part on the running loop; ``stack`` stops them in reverse order."""
+    sip = await start_sip(settings, stack, calls=True, scaip=True)
+    config = uvicorn.Config(create_app(), host=settings.http_host, port=settings.http_port,
+                            log_level="warning", lifespan="on")  # fmt: skip
+    server = uvicorn.Server(config)
+    # uvicorn installs its own signal handlers only in server.run(); serve() leaves them to us.
+    task = asyncio.get_running_loop().create_task(server.serve())
+
+    async def stop_web() -> None:
+        server.should_exit = True
+        await task
+
+    stack.push_async_callback(stop_web)
+    while not server.started:
+        if task.done():
+            task.result()  # raises the reason it could not start (e.g. port in use)
+        await asyncio.sleep(0.05)
+    log.info("web.ready", url=f"http://{settings.http_host}:{settings.http_port}")
+    return sip, server
+
+
+async def serve_all(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        await start_all(settings, stack)
+        await stop.wait()

@@ -1,0 +1,26 @@
+"""The FastAPI application: REST API (and, as the console grows, its pages)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from callcenter import db
+from callcenter.web import alarm_routes, session_routes
+
+
+def create_app() -> FastAPI:
+    db.load_models()
+    app = FastAPI(
+        title="呼援通 HuYuanTong",
+        description="Elderly emergency-call and volunteer-dispatch centre",
+        version="0.1.0",
+    )
+    app.include_router(session_routes.router)
+    app.include_router(alarm_routes.router)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    return app
