@@ -85,6 +85,10 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     else:
         kwargs.setdefault("pool_pre_ping", True)
+        if kwargs.get("poolclass") is None and "isolation_level" not in kwargs:
+            # One connection per database thread of the call handler, plus the web's own.
+            kwargs.setdefault("pool_size", get_settings().db_threads + 4)
+            kwargs.setdefault("max_overflow", 16)
         engine = create_engine(url, **kwargs)
     return engine
 

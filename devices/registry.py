@@ -30,7 +30,7 @@ class KnownTerminal:
         return self.buttons.get(key)
 
 
-def _known(terminal: Terminal) -> KnownTerminal:
+def known_terminal(terminal: Terminal) -> KnownTerminal:
     model = known_models().get(terminal.model)
     buttons = dict(terminal.button_map or (model.buttons if model else {}))
     return KnownTerminal(
@@ -77,7 +77,7 @@ def identify(
         return None
     # Prefer an exact SIP-user match when a caller id is shared (e.g. a PBX trunk number).
     exact = [t for t in found if sip_user and t.sip_user == sip_user]
-    return _known(exact[0] if exact else found[0])
+    return known_terminal(exact[0] if exact else found[0])
 
 
 def touch(

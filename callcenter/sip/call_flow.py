@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 import structlog
 
@@ -59,11 +60,14 @@ class CallFlow:
         self._live = live_calls
         self._hold_s = hold_s
         self._ring_s = ring_s
+        # When each call in progress was answered: kept with its alarm (INVITE→200 figures).
+        self._answered_at: dict[str, float] = {}
 
     async def _answer(self, call: CallHandle) -> None:
         if self._ring_s:
             await asyncio.sleep(self._ring_s)  # a CANCEL meanwhile makes answer() raise
         await call.answer()
+        self._answered_at[call.info.call_id] = time.time()
 
     async def __call__(self, call: CallHandle) -> None:
         info = call.info
@@ -88,6 +92,8 @@ class CallFlow:
             if not call.ended:
                 await call.reject(480, "Temporarily Unavailable")
                 await call.hangup()
+        finally:
+            self._answered_at.pop(info.call_id, None)
 
     # -- the ways a button press arrives ---------------------------------------------------
 
@@ -195,6 +201,7 @@ class CallFlow:
                 fingerprint=fingerprint if terminal else "",
                 raw={
                     "invite_at": info.received_at,
+                    "answered_at": self._answered_at.get(info.call_id),
                     "dialled": info.dialled_user,
                     "display": info.caller_display,
                     "source": f"{info.source[0]}:{info.source[1]}",

@@ -67,7 +67,8 @@ async def start_sip(
     """Start the call handler and/or the SCAIP ingress; ``stack`` stops them."""
     migrate.require_head(db.get_engine())
     intake = IntakeService(db.session_factory(), settings)
-    stack.callback(intake.close)
+    await intake.start()
+    stack.push_async_callback(intake.aclose)
     live_calls = LiveCalls()
     ingress = ScaipIngress(intake)
     backends: list[CallBackend] = []

@@ -1,0 +1,303 @@
+"""Alarm storm: SIPp terminals pressing buttons at a fixed rate against `hyt sip`, per backend,
+in the same run; and SCAIP MESSAGEs against the ingress. Alarms are really committed (PostgreSQL).
+
+    .venv/bin/python bench/storm.py --backends aiosipua,pyvoip --rates 100:30,20:30 --scaip 500:20
+
+`--rates` pairs with `--backends`: calls/s : seconds. Prints a Markdown table for BENCHMARKS.md.
+Each press: INVITE (PCMU + telephone-event), RFC 2833 digit "2" (service request), 2 s hold while
+the centre plays its prompt, BYE from the terminal — the scenario SIPSTACK.md measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT))
+
+from callcenter import db, migrate  # noqa: E402
+from callcenter.demo_district import seed_district  # noqa: E402
+from callcenter.models import Alarm  # noqa: E402
+from devices.models import Terminal, TerminalProtocol  # noqa: E402
+from tests.sip.conftest import options_status  # noqa: E402
+from tests.sip.sipp import call_scenario, free_port_pair, free_udp_port, scaip_scenario  # noqa: E402
+
+ADMIN_URL = os.environ.get("HYT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1/test")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass
+class Row:
+    name: str
+    offered: int
+    answered: int
+    stored: int
+    lost: int
+    duplicates: int
+    p50_answer_ms: float
+    p99_answer_ms: float
+    p50_commit_ms: float
+    p99_commit_ms: float
+    cpu_pct: float
+    p50_handler_answer_ms: float = float("nan")
+    p99_handler_answer_ms: float = float("nan")
+
+    def markdown(self) -> str:
+        return (
+            f"| {self.name} | {self.offered} | {self.answered} | {self.stored} | {self.lost} | "
+            f"{self.duplicates} | {self.p50_answer_ms:.1f} / {self.p99_answer_ms:.1f} | "
+            f"{self.p50_handler_answer_ms:.1f} / {self.p99_handler_answer_ms:.1f} | "
+            f"{self.p50_commit_ms:.1f} / {self.p99_commit_ms:.1f} | {self.cpu_pct:.0f} % |"
+        )
+
+
+class Database:
+    def __init__(self) -> None:
+        self.name = f"hyt_storm_{uuid.uuid4().hex[:8]}"
+        self.admin = db.make_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        self.url = make_url(ADMIN_URL).set(database=self.name).render_as_string(False)
+        self.engine = db.make_engine(self.url)
+        migrate.upgrade(self.engine)
+        with Session(self.engine) as s:
+            seed_district(s, elders=13_500)
+            s.commit()
+
+    def users(self, protocol: TerminalProtocol) -> list[str]:
+        with Session(self.engine) as s:
+            query = select(Terminal.sip_user).where(Terminal.protocol == protocol)
+            return [u for u in s.scalars(query.order_by(Terminal.id)) if u]
+
+    def clear_alarms(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM case_events; UPDATE alarms SET case_id = NULL;"))
+            conn.execute(text("DELETE FROM cases; DELETE FROM alarms;"))
+
+    def alarms(self) -> list[Alarm]:
+        with Session(self.engine) as s:
+            return list(s.scalars(select(Alarm)))
+
+    def drop(self) -> None:
+        self.engine.dispose()
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SINK = """
+import signal, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    s.recv(2048)
+"""
+
+
+def start_rtp_sink(port: int) -> subprocess.Popen[bytes]:
+    """Where the centre's prompts go: SIPp is one thread, and reading every prompt's RTP (10,000
+    packets/s at 100 calls/s) made it, not the centre, the bottleneck (its answer times grew
+    while the handler's own INVITE→200 stayed at 5 ms p50)."""
+    return subprocess.Popen([sys.executable, "-c", SINK, str(port)])
+
+
+def start_handler(
+    database: Database, backend: str, port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    rtp = free_port_pair()
+    env = {
+        **os.environ,
+        "HYT_ENV": "test",
+        "HYT_SECRET_KEY": "bench-secret-key-0123456789-abcdefghijklmnop",
+        "HYT_DATABASE_URL": database.url,
+        "HYT_SIP_BACKEND": backend,
+        "HYT_SIP_PORT": str(port),
+        "HYT_SCAIP_PORT": str(free_udp_port()),
+        "HYT_RTP_PORT_LOW": "30000",
+        "HYT_RTP_PORT_HIGH": "39999",
+        "HYT_LOG_LEVEL": "WARNING",
+        "HYT_DB_THREADS": os.environ.get("HYT_DB_THREADS", "8"),
+    }
+    del rtp
+    proc = subprocess.Popen([sys.executable, "-m", "callcenter", "sip"], env=env, cwd=ROOT,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while options_status("127.0.0.1", port, 0.5) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"handler did not start: {log.read_text()[-2000:]}")
+    return proc
+
+
+def run_sipp(scenario: str, users: list[str], port: int, rate: float, calls: int,
+             workdir: Path) -> tuple[int, int, list[float]]:  # fmt: skip
+    """Returns (successful, failed, INVITE→200 times in ms)."""
+    (workdir / "scenario.xml").write_text(scenario, encoding="ascii")
+    with (workdir / "users.csv").open("w") as fh:
+        fh.write("SEQUENTIAL\n")
+        fh.writelines(f"{u}\n" for u in users)
+    stat = workdir / "stat.csv"
+    cmd = [
+        "sipp", "-sf", "scenario.xml", "-inf", "users.csv", "-i", "127.0.0.1",
+        "-mi", "127.0.0.1", "-p", str(free_udp_port()), "-mp", str(free_port_pair()),
+        "-m", str(calls), "-r", str(rate), "-l", str(int(rate * 30) + 50),
+        "-timeout", f"{int(calls / rate) + 90}s", "-nostdin", "-trace_rtt", "-rtt_freq", "1",
+        "-trace_stat", "-stf", str(stat), "-fd", "1", "-max_socket", "5000",
+        "-buff_size", str(8 << 20),
+        f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=calls / rate + 180)
+    rows = list(csv.DictReader(stat.open(), delimiter=";"))
+    last = rows[-1]
+    ok, failed = int(last["SuccessfulCall(C)"]), int(last["FailedCall(C)"])
+    rtts: list[float] = []
+    for rtt_file in workdir.glob("*_rtt.csv"):
+        for row in csv.DictReader(rtt_file.open(), delimiter=";"):
+            value = row.get("response_time_ms")
+            if value:
+                rtts.append(float(value))
+        rtt_file.unlink()
+    return ok, failed, rtts
+
+
+def storm(database: Database, backend: str, rate: float, seconds: float) -> Row:
+    users = database.users(TerminalProtocol.DTMF)
+    calls = int(rate * seconds)
+    database.clear_alarms()
+    port = free_udp_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        proc = start_handler(database, backend, port, workdir / "handler.log")
+        try:
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            sink_port = free_port_pair()
+            sink = start_rtp_sink(sink_port)
+            scenario = call_scenario(user="[field0]", digits="2", hangup="caller", hold_ms=2000,
+                                     media_port=sink_port)  # fmt: skip
+            try:
+                ok, _failed, rtts = run_sipp(scenario, users, port, rate, calls, workdir)
+            finally:
+                sink.terminate()
+            time.sleep(2)
+            cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    alarms = database.alarms()
+    keys = [a.dedup_key for a in alarms]
+    commit_ms = [
+        (a.received_at.timestamp() - float(a.raw["invite_at"])) * 1000
+        for a in alarms
+        if a.raw.get("invite_at")
+    ]
+    answer_ms = [
+        (float(a.raw["answered_at"]) - float(a.raw["invite_at"])) * 1000
+        for a in alarms
+        if a.raw.get("answered_at") and a.raw.get("invite_at")
+    ]
+    return Row(
+        name=f"{backend}, 1 process, {rate:g} calls/s × {seconds:g} s",
+        p50_handler_answer_ms=percentile(answer_ms, 0.5),
+        p99_handler_answer_ms=percentile(answer_ms, 0.99),
+        offered=calls,
+        answered=ok,
+        stored=len(set(keys)),
+        lost=calls - len(set(keys)),
+        duplicates=len(keys) - len(set(keys)),
+        p50_answer_ms=percentile(rtts, 0.5),
+        p99_answer_ms=percentile(rtts, 0.99),
+        p50_commit_ms=percentile(commit_ms, 0.5),
+        p99_commit_ms=percentile(commit_ms, 0.99),
+        cpu_pct=cpu,
+    )
+
+
+def scaip_storm(database: Database, rate: float, seconds: float) -> Row:
+    users = database.users(TerminalProtocol.SCAIP)
+    messages = int(rate * seconds)
+    database.clear_alarms()
+    port = free_udp_port()
+    mrq = (
+        "<mrq><ref>[call_number]</ref><cid>[field0]</cid><dty>0003</dty>"
+        "<mty>ME</mty><stc>0085</stc></mrq>"
+    )  # mains failure: the storm of a power cut
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        proc = start_handler(database, "aiosipua", port, workdir / "handler.log")
+        try:
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            ok, _failed, rtts = run_sipp(scaip_scenario(user="[field0]", mrq=mrq), users, port,
+                                        rate, messages, workdir)  # fmt: skip
+            time.sleep(2)
+            cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    alarms = database.alarms()
+    keys = [a.dedup_key for a in alarms]
+    return Row(
+        name=f"SCAIP MESSAGE, {rate:g}/s × {seconds:g} s",
+        offered=messages, answered=ok, stored=len(set(keys)), lost=messages - len(set(keys)),
+        duplicates=len(keys) - len(set(keys)), p50_answer_ms=percentile(rtts, 0.5),
+        p99_answer_ms=percentile(rtts, 0.99), p50_commit_ms=float("nan"),
+        p99_commit_ms=float("nan"), cpu_pct=cpu,
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backends", default="aiosipua,pyvoip")
+    parser.add_argument("--rates", default="100:30,20:30", help="calls/s:seconds per backend")
+    parser.add_argument("--scaip", default="500:20", help="messages/s:seconds, or empty")
+    args = parser.parse_args()
+    database = Database()
+    rows: list[Row] = []
+    try:
+        for backend, spec in zip(args.backends.split(","), args.rates.split(","), strict=True):
+            rate, seconds = (float(x) for x in spec.split(":"))
+            rows.append(storm(database, backend, rate, seconds))
+            print(rows[-1].markdown(), flush=True)
+        if args.scaip:
+            rate, seconds = (float(x) for x in args.scaip.split(":"))
+            rows.append(scaip_storm(database, rate, seconds))
+            print(rows[-1].markdown(), flush=True)
+    finally:
+        database.drop()
+    print()
+    print(
+        "| run | offered | answered | alarms stored | lost | duplicates | "
+        "INVITE→200 at SIPp p50/p99 ms | INVITE→200 in handler p50/p99 ms | "
+        "INVITE→alarm committed p50/p99 ms | handler CPU |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row.markdown())
+
+
+if __name__ == "__main__":
+    main()
