@@ -83,6 +83,10 @@ FIXES: dict[str, tuple[str, str]] = {
         "Content-Length larger than the datagram accepted",
         "RFC 3261 §18.3: 400 Bad Request",
     ),
+    "tag-leak": (
+        "every To/From tag ever made is kept in a list and scanned for each new one",
+        "random tags (RFC 3261 §19.3) without the list",
+    ),
     "no-delay": (
         "the call callback starts 1.0 s after the INVITE (threading.Timer(1, ...))",
         "the callback starts at once",

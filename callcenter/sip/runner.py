@@ -48,6 +48,7 @@ def build_backend(settings: Settings, on_message: ScaipIngress | None) -> CallBa
             rtp_port_low=settings.rtp_port_low,
             rtp_port_high=settings.rtp_port_high,
             advertised_host=settings.sip_advertised_host,
+            edge=settings.sip_registrar,
         )
         return backend
     return AiosipuaBackend(

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from callcenter import db
 from devices.models import TerminalProtocol
 from tests.factories import make_elder, make_terminal
-from tests.sip.sipp import free_port_pair, free_udp_port
+from tests.sip.sipp import free_udp_port
 
-BACKENDS = ["aiosipua"]
+BACKENDS = ["aiosipua", "pyvoip"]
 ROOT = Path(__file__).parents[2]
 
 
@@ -85,6 +85,14 @@ def seed_terminals(engine: Engine) -> dict[TerminalProtocol, tuple[str, int, int
     return seeded
 
 
+def rtp_block() -> int:
+    """A block of 1,000 RTP ports of this test worker's own, below the kernel's ephemeral range
+    (32768+), so that parallel workers and the OS never hand out the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw9")
+    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 9
+    return 20000 + (index % 10) * 1000
+
+
 @pytest.fixture(params=BACKENDS)
 def centre(
     request: pytest.FixtureRequest, fresh_postgres_url: str, tmp_path: Path
@@ -93,7 +101,7 @@ def centre(
     terminals = seed_terminals(engine)
     port = free_udp_port()
     scaip_port = free_udp_port()
-    rtp = free_port_pair()
+    rtp_low = rtp_block()
     env = {
         **os.environ,
         "HYT_ENV": "test",
@@ -103,8 +111,8 @@ def centre(
         "HYT_SIP_HOST": "127.0.0.1",
         "HYT_SIP_PORT": str(port),
         "HYT_SCAIP_PORT": str(scaip_port),
-        "HYT_RTP_PORT_LOW": str(rtp - rtp % 1000 if rtp > 21000 else 21000),
-        "HYT_RTP_PORT_HIGH": str((rtp - rtp % 1000 if rtp > 21000 else 21000) + 998),
+        "HYT_RTP_PORT_LOW": str(rtp_low),
+        "HYT_RTP_PORT_HIGH": str(rtp_low + 998),
         "HYT_LIFE_SAFETY_HOLD_S": "15",
     }
     marker = request.node.get_closest_marker("centre_env")
