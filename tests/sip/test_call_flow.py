@@ -102,16 +102,20 @@ def intake(fresh_engine: Engine) -> Iterator[IntakeService]:
     service.close()
 
 
+def run(flow: CallFlow, call: FakeCall) -> None:
+    async def go() -> None:
+        await flow(call)
+        await flow._intake.flush()
+
+    asyncio.run(go())
+
+
 def add_terminal(engine: Engine, protocol: TerminalProtocol, **fields: object) -> Terminal:
     with Session(engine, expire_on_commit=False) as s:
         elder = make_elder(s)
         terminal = make_terminal(s, elder, protocol, **fields)
         s.commit()
         return terminal
-
-
-def run(flow: CallFlow, call: FakeCall) -> None:
-    asyncio.run(flow(call))
 
 
 def alarms(engine: Engine) -> list[Alarm]:
