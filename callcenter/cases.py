@@ -147,3 +147,40 @@ def transition(
         to_state=to_state,
         at=at,
     )
+
+
+def close_case(
+    session: Session,
+    case: Case,
+    *,
+    actor: str,
+    satisfied: bool,
+    note: str = "",
+    at: dt.datetime | None = None,
+) -> None:
+    """办结: the operator confirmed with the elder (or their family) after the feedback."""
+    add_event(
+        session,
+        case,
+        "satisfaction_confirmed",
+        actor=actor,
+        at=at,
+        detail={"satisfied": satisfied, "note": note[:500]},
+    )
+    transition(session, case, CaseState.CLOSED, actor=actor, at=at)
+
+
+def cancel_case(
+    session: Session, case: Case, *, actor: str, reason: str, at: dt.datetime | None = None
+) -> None:
+    """Cancel (or false alarm): never without a reason, which stays in the audit trail."""
+    if not reason.strip():
+        raise TransitionError("a cancellation needs a reason")
+    transition(
+        session,
+        case,
+        CaseState.CANCELLED,
+        actor=actor,
+        at=at,
+        detail={"reason": reason.strip()[:500]},
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from callcenter import db
-from callcenter.web import alarm_routes, session_routes
+from callcenter.web import alarm_routes, case_routes, session_routes
+from volunteers import sms_webhook, twilio_webhooks, volunteer_pages
 
 
 def create_app() -> FastAPI:
@@ -17,6 +18,10 @@ def create_app() -> FastAPI:
     )
     app.include_router(session_routes.router)
     app.include_router(alarm_routes.router)
+    app.include_router(case_routes.router)
+    app.include_router(volunteer_pages.router)
+    app.include_router(sms_webhook.router)
+    app.include_router(twilio_webhooks.router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
