@@ -246,11 +246,14 @@ def catalog(
 def demo(
     elders: Annotated[int, typer.Option(min=10)] = 2_000,
     database: Annotated[Path, typer.Option(help="SQLite file, made anew")] = Path("hyt-demo.db"),
+    once: Annotated[
+        bool, typer.Option("--once", help="run the script and exit (0 = all OK)")
+    ] = False,
 ) -> None:
-    """Run the demo on the embedded default (SQLite). 演示。"""
+    """Run the whole centre on the embedded default (SQLite), with a narrated demo. 演示。"""
     from callcenter.demo import run_demo
 
-    raise typer.Exit(run_demo(console, database=database, elders=elders))
+    raise typer.Exit(run_demo(console, database=database, elders=elders, once=once))
 
 
 # -- terminal simulator ------------------------------------------------------------------------

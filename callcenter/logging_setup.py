@@ -11,7 +11,7 @@ import structlog
 
 def configure_logging(level: str | None = None) -> None:
     level_name = (level or os.environ.get("HYT_LOG_LEVEL", "INFO")).upper()
-    logging.basicConfig(stream=sys.stderr, level=level_name, format="%(message)s")
+    logging.basicConfig(stream=sys.stderr, level=level_name, format="%(message)s", force=True)
     # Alembic narrates every step at INFO; the operator only needs to hear about problems.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     structlog.configure(
