@@ -23,6 +23,7 @@ from aiosipua import (
     generate_call_id,
     generate_tag,
 )
+from aiosipua.header_codec import stringify_uri
 
 log = structlog.get_logger(__name__)
 
@@ -189,8 +190,10 @@ class CentreUAS(SipUAS):
 
     async def _send_followup(self, req: SipRequest, addr: tuple[str, int], reply: SipReply) -> None:
         assert req.from_addr is not None
-        to_uri = str(req.from_addr.uri)
-        from_uri = str(req.to_addr.uri) if req.to_addr else f"sip:centre@{addr[0]}"
+        # stringify_uri, not str(): str() of aiosipua's SipUri is its dataclass repr, which a
+        # lenient peer (SIPp) accepted and Kamailio rightly refused as a Request-URI.
+        to_uri = stringify_uri(req.from_addr.uri)
+        from_uri = stringify_uri(req.to_addr.uri) if req.to_addr else f"sip:centre@{addr[0]}"
         try:
             # Same Call-ID as the terminal's MESSAGE: devices match the <mrs> by <ref>, but
             # simple UAs (and SIPp) match by Call-ID; out of a dialog either is allowed.

@@ -248,3 +248,20 @@ def test_behind_an_edge_only_the_edge_may_call(centre: Centre) -> None:
     result = run_sipp(call_scenario(user=user, expect_final=403), centre.address)
     assert result.ok, result.output
     assert stored(centre, wait_s=1) == []
+
+
+def test_mrs_reply_is_a_well_formed_sip_request(centre: Centre) -> None:
+    # Regression: the <mrs> MESSAGE's Request-URI was a Python repr; Kamailio refused it.
+    user, *_ = centre.terminals[TerminalProtocol.SCAIP]
+    raw = RawSip((centre.host, centre.scaip_port))
+    try:
+        raw.request(
+            "MESSAGE", user=user, body=mrq("77", user), content_type="application/scaip+xml"
+        )
+        request = raw.receive_request(timeout=15)
+    finally:
+        raw.close()
+    assert request is not None
+    start = request.split("\r\n", 1)[0]
+    assert start.startswith(f"MESSAGE sip:{user}@127.0.0.1:") and start.endswith(" SIP/2.0"), start
+    assert "<snu>0</snu>" in request
