@@ -11,6 +11,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -21,6 +23,8 @@ from volunteers.matching import (
     EARTH_RADIUS_M,
     WEIGHTS,
     Candidate,
+    _candidate,
+    _Eligible,
     haversine_m,
     match_volunteers,
     nearest_only,
@@ -455,3 +459,20 @@ def test_query_count_does_not_grow_with_volunteers(
         counts.append(len(select_counter))
         assert found
     assert counts[0] == counts[1] <= 3
+
+
+@given(
+    distance=st.floats(0, 60_000),
+    level=st.integers(1, 3),
+    served=st.booleans(),
+    recent=st.integers(0, 50),
+    rating=st.floats(0, 5),
+)
+def test_the_fast_score_is_the_sum_of_the_explained_parts(
+    distance: float, level: int, served: bool, recent: int, rating: float
+) -> None:
+    """The ranking's arithmetic and the explanation's components never drift apart."""
+    e = _Eligible(1, "x", None, distance, 2, rating, level, 0, recent, served)
+    c = _candidate(e)
+    assert c.score == pytest.approx(sum(c.reasons.values()), abs=1e-3)
+    assert 0.0 <= c.score <= 1.0
