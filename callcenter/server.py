@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 import structlog
 import uvicorn
 
+from callcenter import background
 from callcenter.settings import Settings
 from callcenter.sip.runner import SipServices, start_sip
 from callcenter.web.app import create_app
@@ -17,7 +18,7 @@ log = structlog.get_logger(__name__)
 
 
 async def start_all(
-    settings: Settings, stack: AsyncExitStack
+    settings: Settings, stack: AsyncExitStack, *, background_jobs: bool = True
 ) -> tuple[SipServices, uvicorn.Server]:
     """Start every part on the running loop; ``stack`` stops them in reverse order."""
     sip = await start_sip(settings, stack, calls=True, scaip=True)
@@ -37,6 +38,9 @@ async def start_all(
             task.result()  # raises the reason it could not start (e.g. port in use)
         await asyncio.sleep(0.05)
     log.info("web.ready", url=f"http://{settings.http_host}:{settings.http_port}")
+    if background_jobs:
+        jobs = background.start()
+        stack.push_async_callback(background.stop, jobs)
     return sip, server
 
 
