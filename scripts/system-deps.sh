@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests use as real peers. Installed only when missing (needs root or sudo).
 set -euo pipefail
-packages=(sip-tester kamailio)
+packages=(sip-tester kamailio chromium fonts-wqy-microhei)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from callcenter import db
-from callcenter.web import alarm_routes, case_routes, session_routes
+from callcenter.web import alarm_routes, case_routes, console_api, pages, session_routes
 from volunteers import sms_webhook, twilio_webhooks, volunteer_pages
 
 
@@ -19,6 +20,9 @@ def create_app() -> FastAPI:
     app.include_router(session_routes.router)
     app.include_router(alarm_routes.router)
     app.include_router(case_routes.router)
+    app.include_router(console_api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     app.include_router(volunteer_pages.router)
     app.include_router(sms_webhook.router)
     app.include_router(twilio_webhooks.router)

@@ -1,0 +1,248 @@
+"""What the operator console does, without HTTP: claim an alarm, record its outcome, read the
+live queue, the screen pop of an elder, and find elders by name, pinyin, phone or serial."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from callcenter.cases import OPEN_STATES, TransitionError, add_event, cancel_case
+from callcenter.db import utcnow
+from callcenter.models import Alarm, AlarmKind, AlarmStatus, Case, CaseState, Elder, Operator
+from devices.models import Terminal
+
+RECENT_CASES = 5
+SEARCH_LIMIT = 20
+
+
+class Outcome(enum.StrEnum):
+    TALKED = "talked"
+    NO_ANSWER = "no_answer"
+    FALSE_ALARM = "false_alarm"
+    CALLED_FAMILY = "called_family"
+    CALLED_120 = "called_120"
+    SENT_VOLUNTEERS = "sent_volunteers"
+
+
+class ConsoleError(ValueError):
+    """A console action that cannot be done; ``conflict`` when another operator was first."""
+
+    def __init__(self, message: str, *, conflict: bool = False, missing: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict
+        self.missing = missing
+
+
+def claim_alarm(session: Session, *, alarm_id: int, operator_id: int) -> Alarm:
+    """Take an alarm: one conditional UPDATE, so of two operators clicking at once one wins."""
+    now = utcnow()
+    result = session.execute(
+        update(Alarm)
+        .where(Alarm.id == alarm_id, Alarm.status == AlarmStatus.NEW)
+        .values(status=AlarmStatus.CLAIMED, claimed_by_id=operator_id, claimed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    alarm = session.get(Alarm, alarm_id, populate_existing=True)
+    if alarm is None:
+        raise ConsoleError("no such alarm / 无此告警", missing=True)
+    won = getattr(result, "rowcount", 0) == 1
+    if not won and alarm.claimed_by_id != operator_id:
+        raise ConsoleError("already taken by another operator / 已被其他接警员接听", conflict=True)
+    if not won and alarm.status is AlarmStatus.HANDLED:
+        raise ConsoleError("already handled / 已处理", conflict=True)
+    return alarm
+
+
+def record_outcome(
+    session: Session,
+    *,
+    alarm_id: int,
+    operator_id: int,
+    outcome: Outcome,
+    note: str = "",
+    reason: str = "",
+) -> Alarm:
+    """Mark the alarm handled with what was done. Only the operator who claimed it (or anyone,
+    while it is still unclaimed) may; a false alarm needs a reason and cancels its open case."""
+    if outcome is Outcome.FALSE_ALARM and not reason.strip():
+        raise ConsoleError("a false alarm needs a reason / 误报须填写原因")
+    now = utcnow()
+    result = session.execute(
+        update(Alarm)
+        .where(
+            Alarm.id == alarm_id,
+            or_(
+                Alarm.status == AlarmStatus.NEW,
+                (Alarm.status == AlarmStatus.CLAIMED) & (Alarm.claimed_by_id == operator_id),
+            ),
+        )
+        .values(
+            status=AlarmStatus.HANDLED,
+            outcome=outcome.value,
+            handled_at=now,
+            claimed_by_id=func.coalesce(Alarm.claimed_by_id, operator_id),
+            claimed_at=func.coalesce(Alarm.claimed_at, now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    alarm = session.get(Alarm, alarm_id, populate_existing=True)
+    if alarm is None:
+        raise ConsoleError("no such alarm / 无此告警", missing=True)
+    if getattr(result, "rowcount", 0) != 1:
+        raise ConsoleError(
+            "handled or taken by another operator / 已被处理或由其他接警员接听", conflict=True
+        )
+    case = session.get(Case, alarm.case_id) if alarm.case_id else None
+    if case is not None:
+        actor = f"operator:{operator_id}"
+        detail = {"alarm_id": alarm.id, "outcome": outcome.value, "note": note.strip()[:500]}
+        if reason.strip():
+            detail["reason"] = reason.strip()[:500]
+        add_event(session, case, "alarm_outcome", actor=actor, detail=detail)
+        if outcome is Outcome.FALSE_ALARM and case.state in (
+            CaseState.DISPATCH,
+            CaseState.ESCALATED,
+        ):
+            try:
+                cancel_case(session, case, actor=actor, reason=f"误报 false alarm: {reason}")
+            except TransitionError as exc:
+                raise ConsoleError(str(exc), conflict=True) from None
+    return alarm
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    alarm: Alarm
+    elder_name: str | None
+    terminal_serial: str | None
+    case_code: str | None
+    claimed_by: str | None
+    wait_s: int
+
+
+def queue(session: Session, *, now: dt.datetime | None = None) -> list[QueueRow]:
+    """Unhandled alarms, most urgent first, then longest waiting first."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(Alarm, Elder.name, Terminal.serial, Case.code, Operator.display_name)
+        .outerjoin(Elder, Elder.id == Alarm.elder_id)
+        .outerjoin(Terminal, Terminal.id == Alarm.terminal_id)
+        .outerjoin(Case, Case.id == Alarm.case_id)
+        .outerjoin(Operator, Operator.id == Alarm.claimed_by_id)
+        .where(Alarm.status != AlarmStatus.HANDLED)
+        .order_by(Alarm.priority, Alarm.received_at, Alarm.id)
+    )
+    return [
+        QueueRow(
+            alarm=alarm,
+            elder_name=name,
+            terminal_serial=serial,
+            case_code=code,
+            claimed_by=claimed_by,
+            wait_s=max(0, int((now - alarm.received_at).total_seconds())),
+        )
+        for alarm, name, serial, code, claimed_by in rows
+    ]
+
+
+def queue_marker(session: Session) -> str:
+    """A short value that changes whenever an alarm is added, claimed or handled."""
+    row = session.execute(
+        select(
+            func.max(Alarm.id),
+            func.count(Alarm.id).filter(Alarm.status == AlarmStatus.NEW),
+            func.count(Alarm.id).filter(Alarm.status == AlarmStatus.CLAIMED),
+            func.max(Alarm.claimed_at),
+            func.max(Alarm.handled_at),
+        )
+    ).one()
+    return "|".join(str(v) for v in row)
+
+
+def age_on(birth: dt.date, today: dt.date) -> int:
+    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
+def screen_pop(session: Session, *, elder_id: int, today: dt.date) -> dict[str, Any] | None:
+    """Everything an operator needs at a glance when an elder calls."""
+    elder = session.scalars(
+        select(Elder).options(selectinload(Elder.contacts)).where(Elder.id == elder_id)
+    ).first()
+    if elder is None:
+        return None
+    terminals = session.scalars(
+        select(Terminal).where(Terminal.elder_id == elder.id).order_by(Terminal.id)
+    ).all()
+    open_cases = session.scalars(
+        select(Case)
+        .where(Case.elder_id == elder.id, Case.state.in_(OPEN_STATES))
+        .order_by(Case.priority, Case.opened_at)
+    ).all()
+    recent_cases = session.scalars(
+        select(Case)
+        .where(Case.elder_id == elder.id, Case.state.not_in(OPEN_STATES))
+        .order_by(Case.opened_at.desc())
+        .limit(RECENT_CASES)
+    ).all()
+    return {
+        "elder": elder,
+        "age": age_on(elder.birth_date, today),
+        "contacts": sorted(elder.contacts, key=lambda c: (c.call_order, c.id)),
+        "terminals": list(terminals),
+        "open_cases": list(open_cases),
+        "recent_cases": list(recent_cases),
+    }
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search_elders(session: Session, q: str, *, limit: int = SEARCH_LIMIT) -> list[Elder]:
+    """Find elders by name, pinyin initials (``wxy``), full pinyin prefix (``wang``,
+    ``wangxiuy``), phone digits (elder or terminal line) or terminal serial."""
+    q = q.strip()
+    if not q:
+        return []
+    text = _like_escape(q.lower())
+    conditions = [
+        Elder.name.contains(q, autoescape=True),
+        Elder.code == q,
+        Elder.name_initials.startswith(q.lower(), autoescape=True),
+        Elder.name_pinyin.startswith(q.lower(), autoescape=True),
+        func.replace(Elder.name_pinyin, " ", "").like(text.replace(" ", "") + "%", escape="\\"),
+        Elder.id.in_(
+            select(Terminal.elder_id).where(
+                func.upper(Terminal.serial).startswith(q.upper(), autoescape=True)
+            )
+        ),
+    ]
+    digits = "".join(ch for ch in q if ch.isdigit())
+    if len(digits) >= 4 and len(digits) >= len(
+        q.replace("+", "").replace(" ", "").replace("-", "")
+    ):
+        conditions.append(Elder.phone.contains(digits, autoescape=True))
+        conditions.append(
+            Elder.id.in_(
+                select(Terminal.elder_id).where(
+                    Terminal.caller_id.contains(digits, autoescape=True)
+                )
+            )
+        )
+    return list(
+        session.scalars(
+            select(Elder)
+            .where(Elder.active.is_(True), or_(*conditions))
+            .order_by(Elder.name_pinyin, Elder.id)
+            .limit(limit)
+        )
+    )
+
+
+def is_life_safety(alarm: Alarm) -> bool:
+    return alarm.kind in (AlarmKind.LIFE_SAFETY, AlarmKind.UNIDENTIFIED)

@@ -1,0 +1,412 @@
+"use strict";
+// The live operator console. All data goes into the page with textContent, never innerHTML.
+(() => {
+  const T = JSON.parse(document.getElementById("i18n").textContent);
+  const LANG = document.documentElement.lang.startsWith("zh") ? "zh" : "en";
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    me: Number($("me").dataset.userId),
+    queue: [],
+    loadedAt: performance.now(),
+    shownAt: new Map(), // alarm id -> when its row first appeared (ms since epoch)
+    known: new Set(),
+    first: true,
+    alarm: null, // the alarm being handled
+    caseId: null,
+    catalog: null,
+    offersTimer: null,
+  };
+
+  function el(tag, text, cls) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (cls) node.className = cls;
+    return node;
+  }
+
+  function say(id, text, isError) {
+    const node = $(id);
+    node.textContent = text;
+    node.classList.toggle("error", Boolean(isError));
+  }
+
+  async function api(method, url, body) {
+    const init = { method, headers: {} };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(url, init);
+    if (response.status === 401) {
+      location.assign("/login?next=/console");
+      throw new Error("login required");
+    }
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    if (!response.ok) {
+      const detail = data && data.detail;
+      const text = typeof detail === "string" ? detail : JSON.stringify(detail);
+      const error = new Error(text || String(response.status));
+      error.status = response.status;
+      throw error;
+    }
+    return data;
+  }
+
+  function clock(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    const m = Math.floor(s / 60);
+    return `${m}:${String(s % 60).padStart(2, "0")}`;
+  }
+
+  // A short beep for life-safety alarms (WebAudio; silent if the browser blocks audio).
+  function beep() {
+    try {
+      const Ctx = window.AudioContext || window.webkitAudioContext;
+      if (!Ctx) return;
+      state.audio = state.audio || new Ctx();
+      const ctx = state.audio;
+      const osc = ctx.createOscillator();
+      const gain = ctx.createGain();
+      osc.frequency.value = 880;
+      gain.gain.value = 0.2;
+      osc.connect(gain).connect(ctx.destination);
+      osc.start();
+      osc.stop(ctx.currentTime + 0.25);
+    } catch (_) { /* no audio is not an error */ }
+  }
+
+  // -- queue ---------------------------------------------------------------------------
+  async function loadQueue() {
+    const items = await api("GET", "/api/queue");
+    state.queue = items;
+    state.loadedAt = performance.now();
+    let alert = false;
+    for (const item of items) {
+      if (!state.known.has(item.id)) {
+        state.known.add(item.id);
+        if (!state.first && item.life_safety && item.status === "new") alert = true;
+      }
+    }
+    state.first = false;
+    renderQueue();
+    if (alert) beep();
+  }
+
+  function renderQueue() {
+    const body = $("queue-body");
+    const rows = [];
+    for (const item of state.queue) {
+      const tr = el("tr");
+      tr.dataset.alarmId = item.id;
+      tr.dataset.status = item.status;
+      if (!state.shownAt.has(item.id)) state.shownAt.set(item.id, Date.now());
+      tr.dataset.shownAt = state.shownAt.get(item.id);
+      if (item.life_safety) tr.classList.add("life-safety");
+      if (item.status === "claimed") tr.classList.add("claimed");
+      if (item.claimed_by_id === state.me) tr.classList.add("mine");
+      tr.append(el("td", item.priority));
+      tr.append(el("td", T[`kind_${item.kind}`] || item.kind));
+      const who = item.elder_name || `${T.unknown_caller} ${item.caller || ""}`;
+      const elderCell = el("td", who, "elder");
+      if (item.case_code) elderCell.append(el("span", ` · ${item.case_code}`, "muted"));
+      tr.append(elderCell);
+      const wait = el("td", clock(item.wait_s), "wait");
+      wait.dataset.waitS = item.wait_s;
+      tr.append(wait);
+      const status = el("td", T[`status_${item.status}`] || item.status);
+      if (item.claimed_by) status.append(el("span", ` (${item.claimed_by})`, "muted"));
+      tr.append(status);
+      const action = el("td");
+      if (item.status === "new") {
+        const button = el("button", T.claim, "claim");
+        button.type = "button";
+        button.addEventListener("click", () => claim(item, tr));
+        action.append(button);
+      } else if (item.claimed_by_id === state.me) {
+        const button = el("button", T.open, "open");
+        button.type = "button";
+        button.addEventListener("click", () => openAlarm(item));
+        action.append(button);
+      }
+      tr.append(action);
+      rows.push(tr);
+    }
+    body.replaceChildren(...rows);
+    $("queue-empty").hidden = rows.length > 0;
+  }
+
+  function tick() {
+    const elapsed = (performance.now() - state.loadedAt) / 1000;
+    for (const cell of document.querySelectorAll("#queue-body td.wait")) {
+      cell.textContent = clock(Number(cell.dataset.waitS) + elapsed);
+    }
+  }
+
+  async function claim(item, tr) {
+    try {
+      await api("POST", `/api/alarms/${item.id}/claim`);
+    } catch (error) {
+      const note = el("span", ` ${error.status === 409 ? T.claim_conflict : error.message}`,
+        "error");
+      tr.lastChild.append(note);
+      loadQueue();
+      return;
+    }
+    item.status = "claimed";
+    item.claimed_by_id = state.me;
+    openAlarm(item);
+    loadQueue();
+  }
+
+  function connect() {
+    // The server polls the database for changes, so any web worker can serve this stream.
+    const source = new EventSource("/api/events");
+    source.addEventListener("open", () => {
+      $("live").textContent = T.live;
+      $("live").classList.remove("off");
+    });
+    source.addEventListener("alarms", () => loadQueue().catch(() => {}));
+    // The server ends each stream after a while and the browser reconnects at once: say
+    // "offline" only if it stays down. A closed stream (e.g. the login expired) is retried by
+    // reloading the queue, which goes to the login page on 401.
+    source.addEventListener("error", () => {
+      setTimeout(() => {
+        if (source.readyState === EventSource.OPEN) return;
+        $("live").textContent = T.offline;
+        $("live").classList.add("off");
+        if (source.readyState === EventSource.CLOSED) {
+          loadQueue().then(connect, () => setTimeout(connect, 3000));
+        }
+      }, 2000);
+    });
+  }
+
+  // -- screen pop ----------------------------------------------------------------------
+  function fact(dl, label, value, cls) {
+    dl.append(el("dt", label));
+    dl.append(el("dd", value === "" || value === null || value === undefined ? T.none : value,
+      cls));
+  }
+
+  function caseLine(c) {
+    const state_ = T[`state_${c.state}`] || c.state;
+    const what = c.item_code || T[`kind_${c.kind}`] || c.kind;
+    return `${c.code} · ${state_} · ${what}${c.summary ? " · " + c.summary : ""}`;
+  }
+
+  function fill(listId, values, render) {
+    const list = $(listId);
+    list.replaceChildren(...(values.length ? values.map(render) : [el("li", T.none, "muted")]));
+  }
+
+  async function showElder(elderId) {
+    const e = await api("GET", `/api/elders/${elderId}`);
+    $("pop-name").textContent = `${e.name}（${e.age}${T.age}）`;
+    $("pop-line").textContent = `${e.street} ${e.community} · ${e.code}`;
+    const dl = $("pop-facts");
+    dl.replaceChildren();
+    fact(dl, T.address, e.address);
+    fact(dl, T.access_notes, e.access_notes);
+    fact(dl, T.phone, e.phone);
+    fact(dl, T.medical_notes, e.medical_notes);
+    fact(dl, T.medications, e.medications.join("、"));
+    fact(dl, T.allergies, e.allergies.join("、"), e.allergies.length ? "allergy" : "");
+    fact(dl, T.language, e.language);
+    fact(dl, T.mobility, T[`mobility_${e.mobility}`] || e.mobility);
+    fact(dl, T.lives_alone, e.lives_alone ? "✓" : "—");
+    fill("pop-contacts", e.contacts, (c) => el("li", `${c.name}（${c.relation}）${c.phone}`,
+      "contact"));
+    fill("pop-terminals", e.terminals, (term) => {
+      const seen = term.last_seen_at ? new Date(term.last_seen_at).toLocaleString() : T.none;
+      const battery = term.battery_pct === null ? "—" : `${term.battery_pct}%`;
+      const status = T[`terminal_${term.status}`] || term.status;
+      return el("li", `${term.serial} ${term.model} · ${status} · ${T.battery} ${battery}` +
+        ` · ${T.last_seen} ${seen}`);
+    });
+    fill("pop-open-cases", e.open_cases, (c) => el("li", caseLine(c)));
+    fill("pop-recent-cases", e.recent_cases, (c) => el("li", caseLine(c)));
+    $("screen-pop").hidden = false;
+  }
+
+  async function openAlarm(item) {
+    state.alarm = item;
+    $("detail").hidden = false;
+    $("outcome-form").hidden = false;
+    $("outcome-alarm").textContent = `#${item.id}`;
+    say("outcome-msg", "");
+    if (item.elder_id) {
+      await showElder(item.elder_id);
+    } else {
+      $("pop-name").textContent = `${T.unknown_caller} ${item.caller || ""}`;
+      $("pop-line").textContent = "";
+      for (const id of ["pop-facts", "pop-contacts", "pop-terminals", "pop-open-cases",
+        "pop-recent-cases"]) $(id).replaceChildren();
+    }
+    if (item.case_id) await openCase(item.case_id); else closeCasePanel();
+  }
+
+  // -- outcome -------------------------------------------------------------------------
+  $("outcome-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!state.alarm) return;
+    try {
+      await api("POST", `/api/alarms/${state.alarm.id}/outcome`, {
+        outcome: $("outcome").value,
+        note: $("outcome-note").value,
+        reason: $("outcome-reason").value,
+      });
+      say("outcome-msg", T.outcome_saved);
+      loadQueue();
+    } catch (error) {
+      say("outcome-msg", `${T.error}: ${error.message}`, true);
+    }
+  });
+
+  // -- case ----------------------------------------------------------------------------
+  function option(value, text) {
+    const node = el("option", text);
+    node.value = value;
+    return node;
+  }
+
+  async function loadCatalog() {
+    if (!state.catalog) state.catalog = await api("GET", "/api/catalog");
+    const categories = state.catalog.categories;
+    $("category").replaceChildren(option("", T.select),
+      ...categories.map((c) => option(c.code, LANG === "zh" ? c.name_zh : c.name_en)));
+  }
+
+  function fillItems(categoryCode, selected) {
+    const category = state.catalog.categories.find((c) => c.code === categoryCode);
+    const items = category ? category.items : [];
+    $("item").replaceChildren(option("", T.select),
+      ...items.map((i) => option(i.code, LANG === "zh" ? i.name_zh : i.name_en)));
+    if (selected) $("item").value = selected;
+  }
+  $("category").addEventListener("change", () => fillItems($("category").value));
+
+  function closeCasePanel() {
+    state.caseId = null;
+    $("case-panel").hidden = true;
+    if (state.offersTimer) clearInterval(state.offersTimer);
+    state.offersTimer = null;
+  }
+
+  async function openCase(caseId) {
+    state.caseId = caseId;
+    await loadCatalog();
+    const detail = await refreshCase();
+    if (detail.item_code) {
+      $("category").value = detail.category_code || "";
+      fillItems(detail.category_code, detail.item_code);
+      await loadCandidates();
+    } else {
+      fillItems("");
+      $("candidates").replaceChildren();
+    }
+    $("case-summary").value = detail.summary || "";
+    say("case-msg", "");
+    $("case-panel").hidden = false;
+    if (state.offersTimer) clearInterval(state.offersTimer);
+    state.offersTimer = setInterval(() => refreshCase().catch(() => {}), 1000);
+  }
+
+  async function refreshCase() {
+    const caseId = state.caseId;
+    const detail = await api("GET", `/api/cases/${caseId}`);
+    if (caseId !== state.caseId) return detail;
+    $("case-code").textContent = detail.code;
+    $("case-state").textContent = T[`state_${detail.state}`] || detail.state;
+    $("case-panel").dataset.state = detail.state;
+    fill("offers", detail.offers, (o) => {
+      const li = el("li", `${o.volunteer_name} · ${T["offer_" + o.status] || o.status}` +
+        ` · ${T.score} ${o.score.toFixed(2)}`, "offer");
+      li.dataset.status = o.status;
+      return li;
+    });
+    return detail;
+  }
+
+  async function loadCandidates() {
+    const list = await api("GET", `/api/cases/${state.caseId}/candidates`);
+    fill("candidates", list, (c) => {
+      const li = el("li", `${c.name} · ${T.distance} ${Math.round(c.distance_m)} m · ` +
+        `${T.score} ${c.score.toFixed(2)}`, "candidate");
+      li.append(el("div", LANG === "zh" ? c.explain_zh : c.explain_en, "muted"));
+      return li;
+    });
+    if (!list.length) $("candidates").replaceChildren(el("li", T.no_candidates, "muted"));
+  }
+
+  $("item-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!state.caseId || !$("item").value) return;
+    try {
+      await api("PATCH", `/api/cases/${state.caseId}`, {
+        item_code: $("item").value,
+        summary: $("case-summary").value,
+      });
+      await refreshCase();
+      await loadCandidates();
+      say("case-msg", "");
+    } catch (error) {
+      say("case-msg", `${T.error}: ${error.message}`, true);
+    }
+  });
+
+  async function caseAction(fn) {
+    if (!state.caseId) return;
+    try {
+      await fn();
+      await refreshCase();
+    } catch (error) {
+      say("case-msg", `${T.error}: ${error.message}`, true);
+    }
+  }
+
+  $("dispatch").addEventListener("click", () => caseAction(async () => {
+    const wave = await api("POST", `/api/cases/${state.caseId}/dispatch`);
+    say("case-msg", T.dispatched.replace("{wave}", wave.wave)
+      .replace("{n}", wave.offered_volunteer_ids.length));
+  }));
+  $("close-case").addEventListener("click", () => caseAction(async () => {
+    await api("POST", `/api/cases/${state.caseId}/close`,
+      { satisfied: $("satisfied").checked, note: "" });
+    say("case-msg", "");
+  }));
+  $("cancel-case").addEventListener("click", () => caseAction(async () => {
+    await api("POST", `/api/cases/${state.caseId}/cancel`, { reason: $("cancel-reason").value });
+    say("case-msg", "");
+  }));
+
+  // -- search --------------------------------------------------------------------------
+  $("search-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const q = $("search-q").value.trim();
+    if (!q) return;
+    const hits = await api("GET", `/api/elders?q=${encodeURIComponent(q)}`);
+    fill("search-results", hits, (h) => {
+      const li = el("li");
+      const button = el("button", `${h.name} (${h.name_pinyin})`, "hit");
+      button.type = "button";
+      button.addEventListener("click", () => {
+        $("detail").hidden = false;
+        showElder(h.id);
+      });
+      li.append(button, el("span", ` ${h.community} ${h.address} ${h.phone || ""}`, "muted"));
+      return li;
+    });
+    if (!hits.length) $("search-results").replaceChildren(el("li", T.no_results, "muted"));
+  });
+
+  $("logout").addEventListener("click", async () => {
+    await fetch("/api/session", { method: "DELETE" });
+    location.assign("/login");
+  });
+
+  loadQueue().catch(() => {});
+  connect();
+  setInterval(tick, 1000);
+  setInterval(() => loadQueue().catch(() => {}), 15000); // in case an event was missed
+})();
