@@ -203,6 +203,33 @@ def serve() -> None:
     asyncio.run(serve_all(get_settings()))
 
 
+@app.command("scheduler")
+def scheduler() -> None:
+    """Run the scheduler: visits, overdue sweep, terminal watchdog, offer timers, SMS outbox.
+    One is active per database (PostgreSQL advisory lock); a second one waits. 定时任务。"""
+    import schedules.dispatch_jobs  # noqa: F401  (registers the dispatch timers)
+    from callcenter.settings import get_settings
+    from schedules.runner import run_scheduler
+
+    _session_ready()
+    run_scheduler(get_settings())
+
+
+visits_app = typer.Typer(help="Follow-up home visits. 探访。", no_args_is_help=True)
+app.add_typer(visits_app, name="visits")
+
+
+@visits_app.command("plan")
+def visits_plan(
+    month: Annotated[str, typer.Option(help="YYYY-MM")],
+) -> None:
+    """Plan a month's visits; running it twice creates nothing twice. 生成月度探访计划。"""
+    from schedules.visit_planner import plan_cli
+
+    _session_ready()
+    raise typer.Exit(plan_cli(month))
+
+
 @app.command("seed-demo")
 def seed_demo(
     seed: Annotated[int, typer.Option(help="random seed: same seed, same district")] = 2026,

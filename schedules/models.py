@@ -53,3 +53,35 @@ class Visit(Base):
         UniqueConstraint("elder_id", "kind", "period"),
         Index("ix_visits_due", "status", "window_end"),
     )
+
+
+class JobOutcome(enum.StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    ERROR = "error"
+    # Claimed by a leader that died before finishing: the next leader runs the slot again.
+    INTERRUPTED = "interrupted"
+
+
+class SchedulerJobRun(Base):
+    """One run of a scheduled job for one slot of its trigger: the scheduler's memory.
+
+    The unique (job, slot) row is the claim: whoever inserts it runs the slot, so a job is never
+    run twice for one slot, and after downtime the next leader sees which slots were missed.
+    """
+
+    __tablename__ = "scheduler_job_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_name: Mapped[str] = mapped_column(String(64))
+    scheduled_for: Mapped[dt.datetime]
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    outcome: Mapped[JobOutcome] = mapped_column(str_enum(JobOutcome), default=JobOutcome.RUNNING)
+    attempts: Mapped[int] = mapped_column(default=1)
+    # Earlier slots (missed during downtime) that this run covered: sweeps catch up in one go.
+    missed: Mapped[int] = mapped_column(default=0)
+    runner: Mapped[str] = mapped_column(String(128))  # host:pid
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (UniqueConstraint("job_name", "scheduled_for"),)
