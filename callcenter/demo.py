@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import socket
@@ -365,6 +366,59 @@ class Demo:
             f"operator confirms satisfaction; case closed with {events} events logged",
         )
 
+    async def visits(self) -> None:
+        """A month of follow-up visits planned; one recorded with a finding that opens a case."""
+        from schedules.models import Visit, VisitStatus
+        from schedules.visit_planner import plan_period
+        from schedules.visit_record import record_visit
+
+        now = dt.datetime.now(dt.UTC)
+        month = now.astimezone(self.settings.tz).strftime("%Y-%m")
+
+        def plan(session: Session) -> tuple[int, int]:
+            summary = plan_period(session, month=month, now=now)
+            session.commit()
+            return sum(summary.created.values()), summary.elders_due
+
+        created, due = await asyncio.to_thread(lambda: self.query(plan))
+        self.t.check(
+            created > 0,
+            f"{month} 月度探访计划：{due} 位老人，新建 {created} 次探访",
+            f"{month} visit plan: {due} elders due, {created} visits created",
+        )
+
+        def record(session: Session) -> str:
+            visit = session.scalars(
+                select(Visit).where(Visit.status == VisitStatus.PLANNED).order_by(Visit.id)
+            ).first()
+            if visit is None:
+                return ""
+            checklist = {
+                "health": True,
+                "mood": True,
+                "food": True,
+                "utilities_safe": False,
+                "terminal_tested": True,
+                "terminal_worn": True,
+            }
+            finding = record_visit(
+                session,
+                visit.id,
+                seen_in_person=True,
+                checklist=checklist,
+                needs="厨房燃气软管老化，需要更换",
+                notes="老人精神很好",
+            )
+            session.commit()
+            return finding.case.code if finding.case else ""
+
+        code = await asyncio.to_thread(lambda: self.query(record))
+        self.t.check(
+            bool(code),
+            f"志愿者上门探访并记录：发现燃气软管老化，已生成工单 {code}",
+            f"a visit recorded with a finding (an old gas hose): case {code} opened",
+        )
+
     async def run(self, *, once: bool) -> int:
         # The timeline is the story; the centre's own logs would drown it (they still go to
         # stderr for warnings and errors).
@@ -406,6 +460,7 @@ class Demo:
                 with self.console.status("模拟终端呼入 simulated terminals calling …"):
                     _, service_elder = await self.presses(("127.0.0.1", sip_port))
                 await self.dispatch_loop(service_elder)
+                await self.visits()
             except Exception as exc:  # a step that broke: say which, fail the run
                 self.t.say(f"演示中断：{exc!r}", f"demo step failed: {exc!r}", ok=False)
             self.summary(base)

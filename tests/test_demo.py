@@ -43,6 +43,8 @@ def test_demo_once_runs_every_step(tmp_path: Path) -> None:
         "declines",
         "stood down",
         "case closed",
+        "visit plan",
+        "a visit recorded",
     ):
         assert step in output, step
     assert "✗" not in output
