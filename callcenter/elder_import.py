@@ -13,6 +13,7 @@ from callcenter.importing import (
     RowCollector,
     RowError,
     RowProblem,
+    UniqueValues,
     read_bool,
     read_coordinates,
     read_date,
@@ -124,19 +125,18 @@ class ElderImporter:
 
     def build(self, rows: Sequence[Row], session: Session) -> tuple[list[Any], list[RowError]]:
         region = get_settings().phone_region
-        existing = set(session.scalars(select(Elder.code)))
-        seen: dict[str, int] = {}
+        codes = UniqueValues(
+            "code",
+            session.scalars(select(Elder.code)),
+            label="code",
+            in_database="elder {value} is already in the database",
+        )
         objects: list[Any] = []
         errors: list[RowError] = []
         for row in rows:
             c = RowCollector(row)
-            code = c.read(read_required, "code")
-            if code in existing:
-                c.problem("code", f"elder {code} is already in the database")
-            elif code in seen:
-                c.problem("code", f"duplicate code {code} (also row {seen[code]})")
-            elif code:
-                seen[code] = row.number
+            codes.check(c, c.read(read_required, "code"))
+            code = c.row.get("code")
             name = c.read(read_required, "name")
             sex = c.read(_choice, "sex", SEX_WORDS)
             born = c.read(_birth_date, "birth_date")

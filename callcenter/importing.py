@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -197,6 +197,30 @@ def read_coordinates(row: Row, lat_key: str, lon_key: str) -> tuple[float, float
     if not (LAT_RANGE[0] <= lat <= LAT_RANGE[1] and LON_RANGE[0] <= lon <= LON_RANGE[1]):
         raise RowProblem(lat_key, f"coordinates {lat}, {lon} are outside China (swapped?)")
     return lat, lon
+
+
+class UniqueValues:
+    """A column that must be unique: refused if already in the database or twice in the file."""
+
+    def __init__(self, field: str, known: Iterable[str | None], *, label: str,
+                 in_database: str) -> None:  # fmt: skip
+        self.field = field
+        self.label = label
+        self.in_database = in_database  # message, with {value}
+        self.known = {k for k in known if k}
+        self.seen: dict[str, int] = {}
+
+    def check(self, collector: RowCollector, value: str | None) -> None:
+        if not value:
+            return
+        if value in self.known:
+            collector.problem(self.field, self.in_database.format(value=value))
+        elif value in self.seen:
+            collector.problem(
+                self.field, f"duplicate {self.label} {value} (also row {self.seen[value]})"
+            )
+        else:
+            self.seen[value] = collector.row.number
 
 
 class RowCollector:

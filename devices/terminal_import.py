@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from callcenter.importing import (
     RowCollector,
     RowError,
+    UniqueValues,
     read_int,
     read_phone,
     read_required,
@@ -44,23 +45,24 @@ class TerminalImporter:
         region = get_settings().phone_region
         models = known_models()
         elders = {code: id_ for code, id_ in session.execute(select(Elder.code, Elder.id))}
-        known_serials = set(session.scalars(select(Terminal.serial)))
-        known_sip = set(
-            session.scalars(select(Terminal.sip_user).where(Terminal.sip_user.is_not(None)))
+        serials = UniqueValues(
+            "serial",
+            session.scalars(select(Terminal.serial)),
+            label="serial",
+            in_database="terminal {value} is already in the database",
         )
-        seen_serials: dict[str, int] = {}
-        seen_sip: dict[str, int] = {}
+        sip_users = UniqueValues(
+            "sip_user",
+            session.scalars(select(Terminal.sip_user)),
+            label="SIP user",
+            in_database="SIP user {value} belongs to another terminal",
+        )
         objects: list[Any] = []
         errors: list[RowError] = []
         for row in rows:
             c = RowCollector(row)
             serial = c.read(read_required, "serial")
-            if serial in known_serials:
-                c.problem("serial", f"terminal {serial} is already in the database")
-            elif serial in seen_serials:
-                c.problem("serial", f"duplicate serial {serial} (also row {seen_serials[serial]})")
-            elif serial:
-                seen_serials[serial] = row.number
+            serials.check(c, serial)
             model_name = c.read(read_required, "model")
             model = models.get(model_name) if model_name else None
             if model_name and model is None:
@@ -72,12 +74,7 @@ class TerminalImporter:
                 except ValueError:
                     c.problem("protocol", f"unknown protocol {row.get('protocol')!r}")
             sip_user = row.get("sip_user") or None
-            if sip_user in known_sip:
-                c.problem("sip_user", f"SIP user {sip_user} belongs to another terminal")
-            elif sip_user in seen_sip:
-                c.problem("sip_user", f"duplicate SIP user (also row {seen_sip[sip_user]})")
-            elif sip_user:
-                seen_sip[sip_user] = row.number
+            sip_users.check(c, sip_user)
             caller_id = c.read(read_phone, "caller_id", region, required=False)
             if not sip_user and not caller_id:
                 c.problem("sip_user", "a terminal needs a SIP user or a caller id to be identified")

@@ -13,6 +13,7 @@ from callcenter.importing import (
     RowCollector,
     RowError,
     RowProblem,
+    UniqueValues,
     read_bool,
     read_coordinates,
     read_int,
@@ -84,28 +85,26 @@ class VolunteerImporter:
     def build(self, rows: Sequence[Row], session: Session) -> tuple[list[Any], list[RowError]]:
         region = get_settings().phone_region
         catalog = get_catalog()
-        known_codes = set(session.scalars(select(Volunteer.code)))
-        known_phones = set(session.scalars(select(Volunteer.phone)))
-        seen_codes: dict[str, int] = {}
-        seen_phones: dict[str, int] = {}
+        codes = UniqueValues(
+            "code",
+            session.scalars(select(Volunteer.code)),
+            label="code",
+            in_database="volunteer {value} is already in the database",
+        )
+        phones = UniqueValues(
+            "phone",
+            session.scalars(select(Volunteer.phone)),
+            label="phone",
+            in_database="another volunteer in the database has this phone",
+        )
         objects: list[Any] = []
         errors: list[RowError] = []
         for row in rows:
             c = RowCollector(row)
             code = c.read(read_required, "code")
-            if code in known_codes:
-                c.problem("code", f"volunteer {code} is already in the database")
-            elif code in seen_codes:
-                c.problem("code", f"duplicate code {code} (also row {seen_codes[code]})")
-            elif code:
-                seen_codes[code] = row.number
+            codes.check(c, code)
             phone = c.read(read_phone, "phone", region)
-            if phone in known_phones:
-                c.problem("phone", "another volunteer in the database has this phone")
-            elif phone in seen_phones:
-                c.problem("phone", f"duplicate phone (also row {seen_phones[phone]})")
-            elif phone:
-                seen_phones[phone] = row.number
+            phones.check(c, phone)
             name = c.read(read_required, "name")
             skills = c.read(parse_skills, "skills", catalog)
             coords = c.read(read_coordinates, "latitude", "longitude")
