@@ -185,29 +185,44 @@ def run_sipp(scenario: str, users: list[str], port: int, rate: float, calls: int
     return ok, failed, rtts
 
 
-def storm(database: Database, backend: str, rate: float, seconds: float) -> Row:
-    users = database.users(TerminalProtocol.DTMF)
-    calls = int(rate * seconds)
+def against_handler(
+    database: Database,
+    backend: str,
+    scenario: str,
+    users: list[str],
+    rate: float,
+    count: int,
+    *,
+    rtp_sink_port: int | None = None,
+) -> tuple[int, list[float], float]:
+    """Start a handler, run SIPp against it; (successful, INVITE/MESSAGE→200 ms, handler CPU %)."""
     database.clear_alarms()
     port = free_udp_port()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         proc = start_handler(database, backend, port, workdir / "handler.log")
+        sink = start_rtp_sink(rtp_sink_port) if rtp_sink_port else None
         try:
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-            sink_port = free_port_pair()
-            sink = start_rtp_sink(sink_port)
-            scenario = call_scenario(user="[field0]", digits="2", hangup="caller", hold_ms=2000,
-                                     media_port=sink_port)  # fmt: skip
-            try:
-                ok, _failed, rtts = run_sipp(scenario, users, port, rate, calls, workdir)
-            finally:
-                sink.terminate()
+            ok, _failed, rtts = run_sipp(scenario, users, port, rate, count, workdir)
             time.sleep(2)
             cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
         finally:
+            if sink is not None:
+                sink.terminate()
             proc.terminate()
             proc.wait(timeout=20)
+    return ok, rtts, cpu
+
+
+def storm(database: Database, backend: str, rate: float, seconds: float) -> Row:
+    calls = int(rate * seconds)
+    sink_port = free_port_pair()
+    scenario = call_scenario(user="[field0]", digits="2", hangup="caller", hold_ms=2000,
+                             media_port=sink_port)  # fmt: skip
+    ok, rtts, cpu = against_handler(database, backend, scenario,
+                                    database.users(TerminalProtocol.DTMF), rate, calls,
+                                    rtp_sink_port=sink_port)  # fmt: skip
     alarms = database.alarms()
     keys = [a.dedup_key for a in alarms]
     commit_ms = [
@@ -238,26 +253,14 @@ def storm(database: Database, backend: str, rate: float, seconds: float) -> Row:
 
 
 def scaip_storm(database: Database, rate: float, seconds: float) -> Row:
-    users = database.users(TerminalProtocol.SCAIP)
     messages = int(rate * seconds)
-    database.clear_alarms()
-    port = free_udp_port()
     mrq = (
         "<mrq><ref>[call_number]</ref><cid>[field0]</cid><dty>0003</dty>"
         "<mty>ME</mty><stc>0085</stc></mrq>"
     )  # mains failure: the storm of a power cut
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        proc = start_handler(database, "aiosipua", port, workdir / "handler.log")
-        try:
-            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-            ok, _failed, rtts = run_sipp(scaip_scenario(user="[field0]", mrq=mrq), users, port,
-                                        rate, messages, workdir)  # fmt: skip
-            time.sleep(2)
-            cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+    scenario = scaip_scenario(user="[field0]", mrq=mrq)
+    users = database.users(TerminalProtocol.SCAIP)
+    ok, rtts, cpu = against_handler(database, "aiosipua", scenario, users, rate, messages)
     alarms = database.alarms()
     keys = [a.dedup_key for a in alarms]
     return Row(

@@ -43,11 +43,8 @@ async def run_forever(tick_s: float = TICK_S, backend: SmsBackend | None = None)
         await asyncio.sleep(tick_s)
 
 
-def start(loop_owner: Callable[[asyncio.Task[None]], None] | None = None) -> asyncio.Task[None]:
-    task = asyncio.get_running_loop().create_task(run_forever())
-    if loop_owner:
-        loop_owner(task)
-    return task
+def start() -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(run_forever())
 
 
 async def stop(task: asyncio.Task[None]) -> None:

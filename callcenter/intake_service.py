@@ -25,7 +25,7 @@ from callcenter.db import utcnow
 from callcenter.models import Alarm
 from callcenter.settings import Settings
 from devices.directory import TerminalDirectory
-from devices.registry import KnownTerminal, touch
+from devices.registry import KnownTerminal
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -121,16 +121,9 @@ class IntakeService:
         if self._ack_task is not None:
             await self._ack_task
 
-    async def touch_terminal(self, terminal_id: int, battery_pct: int | None = None) -> None:
-        def work(session: Session) -> None:
-            touch(session, terminal_id, utcnow(), battery_pct)
-            session.commit()
-
-        await self.run(work)
-
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.directory._refresh_s)
+            await asyncio.sleep(self.directory.refresh_s)
             try:
                 await self.run(lambda _session: self.directory.reload())
             except Exception:

@@ -27,7 +27,7 @@ class TerminalDirectory:
     ) -> None:
         self._sessions = sessions
         self._region = region
-        self._refresh_s = refresh_s
+        self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._by_sip_user: dict[str, KnownTerminal] = {}
         self._by_caller_id: dict[str, KnownTerminal] = {}
@@ -57,10 +57,6 @@ class TerminalDirectory:
             self._by_sip_user, self._by_caller_id, self._by_account = by_sip, by_caller, by_account
             self._loaded_at = time.monotonic()
         return len(by_sip) + len(by_caller)
-
-    @property
-    def stale(self) -> bool:
-        return time.monotonic() - self._loaded_at > self._refresh_s
 
     def lookup(
         self, *, sip_user: str = "", caller_number: str = "", account: str = ""

@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
 
 from callcenter.phones import PhoneError, normalise_phone
@@ -84,12 +84,14 @@ def touch(
     session: Session, terminal_id: int, at: dt.datetime, battery_pct: int | None = None
 ) -> None:
     """Record that the terminal reported in; a silent terminal that speaks again is active."""
-    values: dict[str, object] = {"last_seen_at": at}
+    # One statement: this runs for every alarm and heartbeat.
+    values: dict[str, object] = {
+        "last_seen_at": at,
+        "status": case(
+            (Terminal.status == TerminalStatus.SILENT, TerminalStatus.ACTIVE.value),
+            else_=Terminal.status,
+        ),
+    }
     if battery_pct is not None:
         values["battery_pct"] = battery_pct
     session.execute(update(Terminal).where(Terminal.id == terminal_id).values(**values))
-    session.execute(
-        update(Terminal)
-        .where(Terminal.id == terminal_id, Terminal.status == TerminalStatus.SILENT)
-        .values(status=TerminalStatus.ACTIVE)
-    )

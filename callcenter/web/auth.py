@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 from argon2 import PasswordHasher
@@ -110,7 +109,3 @@ def require(role: Role) -> Any:
         return user
 
     return Depends(check)
-
-
-def expires_at() -> dt.datetime:
-    return utcnow() + dt.timedelta(seconds=SESSION_MAX_AGE_S)
