@@ -276,11 +276,16 @@ def demo(
     once: Annotated[
         bool, typer.Option("--once", help="run the script and exit (0 = all OK)")
     ] = False,
+    screenshots: Annotated[
+        Path | None,
+        typer.Option(help="after the loop, save console screenshots here (needs Chromium)"),
+    ] = None,
 ) -> None:
     """Run the whole centre on the embedded default (SQLite), with a narrated demo. 演示。"""
     from callcenter.demo import run_demo
 
-    raise typer.Exit(run_demo(console, database=database, elders=elders, once=once))
+    code = run_demo(console, database=database, elders=elders, once=once, screenshots=screenshots)
+    raise typer.Exit(code)
 
 
 # -- terminal simulator ------------------------------------------------------------------------

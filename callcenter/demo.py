@@ -80,10 +80,13 @@ class Timeline:
 
 
 class Demo:
-    def __init__(self, console: Console, *, database: Path, elders: int) -> None:
+    def __init__(
+        self, console: Console, *, database: Path, elders: int, screenshots: Path | None = None
+    ) -> None:
         self.console = console
         self.database = database
         self.elders = elders
+        self.screenshots = screenshots
         self.t = Timeline(console)
         self.http: httpx.AsyncClient | None = None
         self.settings: Settings = get_settings()
@@ -461,6 +464,8 @@ class Demo:
                     _, service_elder = await self.presses(("127.0.0.1", sip_port))
                 await self.dispatch_loop(service_elder)
                 await self.visits()
+                if self.screenshots is not None:
+                    await self.take_screenshots(base, self.screenshots)
             except Exception as exc:  # a step that broke: say which, fail the run
                 self.t.say(f"演示中断：{exc!r}", f"demo step failed: {exc!r}", ok=False)
             self.summary(base)
@@ -473,6 +478,19 @@ class Demo:
                     await asyncio.Event().wait()
         return 1 if self.t.failures else 0
 
+    async def take_screenshots(self, base: str, out_dir: Path) -> None:
+        from callcenter.demo_screenshots import ScreenshotsUnavailable, take_screenshots
+
+        username, _, _, password = DEMO_LOGINS[0]
+        try:
+            with self.console.status("为控制台截图 photographing the console …"):
+                files = await take_screenshots(base, username, password, out_dir)
+        except ScreenshotsUnavailable as exc:
+            self.t.say(f"无法截图：{exc}", f"no screenshots: {exc}", ok=False)
+            return
+        names = ", ".join(str(f) for f in files)
+        self.t.check(len(files) == 2, f"控制台截图：{names}", f"console screenshots: {names}")
+
     def summary(self, base: str) -> None:
         table = Table(title="演示账号 demo logins (development only)")
         table.add_column("用户 user")
@@ -482,7 +500,8 @@ class Demo:
             table.add_row(username, f"{name} ({role.value})", password)
         self.console.print(table)
         self.console.print(
-            f"控制台 console: {base}/docs (API)   ·   数据库 database: {self.database}"
+            f"控制台 console: {base}/console   ·   API: {base}/docs   ·   "
+            f"数据库 database: {self.database}"
         )
         verdict = (
             "全部步骤成功 every step happened"
@@ -492,9 +511,17 @@ class Demo:
         self.console.print(f"[bold]{verdict}[/bold]")
 
 
-def run_demo(console: Console, *, database: Path, elders: int, once: bool = False) -> int:
+def run_demo(
+    console: Console,
+    *,
+    database: Path,
+    elders: int,
+    once: bool = False,
+    screenshots: Path | None = None,
+) -> int:
     """The demo as a process: returns its exit code."""
+    demo = Demo(console, database=database, elders=elders, screenshots=screenshots)
     try:
-        return asyncio.run(Demo(console, database=database, elders=elders).run(once=once))
+        return asyncio.run(demo.run(once=once))
     except KeyboardInterrupt:
         return 0

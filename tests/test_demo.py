@@ -23,6 +23,8 @@ def test_demo_once_runs_every_step(tmp_path: Path) -> None:
             str(tmp_path / "demo.db"),
             "--elders",
             "300",
+            "--screenshots",
+            str(tmp_path / "shots"),
         ],
         capture_output=True,
         text=True,
@@ -48,3 +50,7 @@ def test_demo_once_runs_every_step(tmp_path: Path) -> None:
     ):
         assert step in output, step
     assert "✗" not in output
+    # The console photographed while the demo's centre runs: real PNGs of a logged-in page.
+    for name in ("demo-console-queue.png", "demo-console-screen-pop.png"):
+        png = (tmp_path / "shots" / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
