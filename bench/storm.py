@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,7 +130,7 @@ def start_rtp_sink(port: int) -> subprocess.Popen[bytes]:
 
 
 def start_handler(
-    database: Database, backend: str, port: int, log: Path
+    database: Database, backend: str, port: int, log: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     rtp = free_port_pair()
     env = {
@@ -143,6 +145,7 @@ def start_handler(
         "HYT_RTP_PORT_HIGH": "39999",
         "HYT_LOG_LEVEL": "WARNING",
         "HYT_DB_THREADS": os.environ.get("HYT_DB_THREADS", "8"),
+        **(extra_env or {}),
     }
     del rtp
     proc = subprocess.Popen([sys.executable, "-m", "callcenter", "sip"], env=env, cwd=ROOT,
@@ -171,7 +174,15 @@ def run_sipp(scenario: str, users: list[str], port: int, rate: float, calls: int
         "-buff_size", str(8 << 20),
         f"127.0.0.1:{port}",
     ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=calls / rate + 180)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (
+        time.monotonic() - started
+    )
+    # SIPp is one thread: near 100 % it, not the centre, sets the pace.
+    print(f"SIPp CPU {busy:.0%} over {time.monotonic() - started:.1f} s", file=sys.stderr)
     rows = list(csv.DictReader(stat.open(), delimiter=";"))
     last = rows[-1]
     ok, failed = int(last["SuccessfulCall(C)"]), int(last["FailedCall(C)"])
@@ -194,14 +205,19 @@ def against_handler(
     count: int,
     *,
     rtp_sink_port: int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[int, list[float], float]:
     """Start a handler, run SIPp against it; (successful, INVITE/MESSAGE→200 ms, handler CPU %)."""
     database.clear_alarms()
     port = free_udp_port()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        proc = start_handler(database, backend, port, workdir / "handler.log")
+        proc = start_handler(database, backend, port, workdir / "handler.log", extra_env)
         sink = start_rtp_sink(rtp_sink_port) if rtp_sink_port else None
+        profile = os.environ.get("BENCH_PROFILE")  # a py-spy flame graph of the handler
+        spy_cmd = ["py-spy", "record", "-p", str(proc.pid), "-o", str(profile), "-r", "200",
+                   "--format", "raw"]  # fmt: skip
+        spy = subprocess.Popen(spy_cmd) if profile else None
         try:
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             ok, _failed, rtts = run_sipp(scenario, users, port, rate, count, workdir)
@@ -211,7 +227,12 @@ def against_handler(
             if sink is not None:
                 sink.terminate()
             proc.terminate()
-            proc.wait(timeout=20)
+            if spy is not None:
+                spy.wait(timeout=60)
+            proc.wait(timeout=180)  # it writes what it has queued before it stops
+            keep = os.environ.get("BENCH_LOG_DIR")
+            if keep:
+                shutil.copy(workdir / "handler.log", Path(keep) / f"handler-{proc.pid}.log")
     return ok, rtts, cpu
 
 
@@ -252,7 +273,7 @@ def storm(database: Database, backend: str, rate: float, seconds: float) -> Row:
     )
 
 
-def scaip_storm(database: Database, rate: float, seconds: float) -> Row:
+def scaip_storm(database: Database, rate: float, seconds: float, batch_max: int = 64) -> Row:
     messages = int(rate * seconds)
     mrq = (
         "<mrq><ref>[call_number]</ref><cid>[field0]</cid><dty>0003</dty>"
@@ -260,11 +281,13 @@ def scaip_storm(database: Database, rate: float, seconds: float) -> Row:
     )  # mains failure: the storm of a power cut
     scenario = scaip_scenario(user="[field0]", mrq=mrq)
     users = database.users(TerminalProtocol.SCAIP)
-    ok, rtts, cpu = against_handler(database, "aiosipua", scenario, users, rate, messages)
+    ok, rtts, cpu = against_handler(database, "aiosipua", scenario, users, rate, messages,
+                                    extra_env={"HYT_ALARM_BATCH_MAX": str(batch_max)})  # fmt: skip
     alarms = database.alarms()
     keys = [a.dedup_key for a in alarms]
     return Row(
-        name=f"SCAIP MESSAGE, {rate:g}/s × {seconds:g} s",
+        name=f"SCAIP MESSAGE, {rate:g}/s × {seconds:g} s, "
+        + ("one transaction each" if batch_max == 1 else f"group commit ≤{batch_max}"),
         offered=messages, answered=ok, stored=len(set(keys)), lost=messages - len(set(keys)),
         duplicates=len(keys) - len(set(keys)), p50_answer_ms=percentile(rtts, 0.5),
         p99_answer_ms=percentile(rtts, 0.99), p50_commit_ms=float("nan"),
@@ -277,18 +300,26 @@ def main() -> None:
     parser.add_argument("--backends", default="aiosipua,pyvoip")
     parser.add_argument("--rates", default="100:30,20:30", help="calls/s:seconds per backend")
     parser.add_argument("--scaip", default="500:20", help="messages/s:seconds, or empty")
+    parser.add_argument(
+        "--scaip-baseline",
+        action="store_true",
+        help="first run SCAIP with one transaction per alarm, as before",
+    )
     args = parser.parse_args()
     database = Database()
     rows: list[Row] = []
     try:
-        for backend, spec in zip(args.backends.split(","), args.rates.split(","), strict=True):
+        backends = [b for b in args.backends.split(",") if b]
+        rates = [r for r in args.rates.split(",") if r]
+        for backend, spec in zip(backends, rates, strict=True):
             rate, seconds = (float(x) for x in spec.split(":"))
             rows.append(storm(database, backend, rate, seconds))
             print(rows[-1].markdown(), flush=True)
         if args.scaip:
             rate, seconds = (float(x) for x in args.scaip.split(":"))
-            rows.append(scaip_storm(database, rate, seconds))
-            print(rows[-1].markdown(), flush=True)
+            for batch_max in (1, 64) if args.scaip_baseline else (64,):
+                rows.append(scaip_storm(database, rate, seconds, batch_max))
+                print(rows[-1].markdown(), flush=True)
     finally:
         database.drop()
     print()

@@ -84,10 +84,37 @@ def record_alarm(
     now: dt.datetime | None = None,
 ) -> Recorded:
     """Store ``press`` (or find it stored already) and link it to a case; commits."""
+    try:
+        recorded = store_alarm(
+            session, press, repeat_window_s=repeat_window_s, retry_window_s=retry_window_s, now=now
+        )
+    except IntegrityError:
+        # A retransmission raced us on another thread or process: theirs is the alarm.
+        session.rollback()
+        stored = session.scalars(select(Alarm).where(Alarm.dedup_key == press.dedup_key)).one()
+        return _recorded(session, stored, duplicate=True, attached=stored.case_id is not None)
+    session.commit()
+    log_stored(press, recorded)
+    return recorded
+
+
+def store_alarm(
+    session: Session,
+    press: Press,
+    *,
+    repeat_window_s: int = 900,
+    retry_window_s: int = 180,
+    now: dt.datetime | None = None,
+) -> Recorded:
+    """Store ``press`` (or find it stored already) and link it to a case, without committing:
+    :class:`callcenter.alarm_writer.AlarmWriter` commits many in one transaction.
+
+    Raises :class:`IntegrityError` when another transaction stored the same ``dedup_key`` first;
+    the caller rolls back and finds that alarm.
+    """
     now = now or utcnow()
     existing = _already_stored(session, press, now, retry_window_s)
     if existing is not None:
-        log.info("alarm.duplicate", alarm_id=existing.id, dedup_key=press.dedup_key)
         return _recorded(session, existing, duplicate=True, attached=existing.case_id is not None)
     alarm = Alarm(
         received_at=now,
@@ -106,26 +133,26 @@ def record_alarm(
         alarm.status = AlarmStatus.HANDLED  # nothing for an operator to do
         alarm.handled_at = now
     session.add(alarm)
-    try:
-        session.flush()
-    except IntegrityError:
-        # A retransmission raced us on another thread or process: theirs is the alarm.
-        session.rollback()
-        stored = session.scalars(select(Alarm).where(Alarm.dedup_key == press.dedup_key)).one()
-        return _recorded(session, stored, duplicate=True, attached=stored.case_id is not None)
+    session.flush()
     if press.terminal_id is not None:
         touch(session, press.terminal_id, now, press.battery_pct)
     attached = _link_case(session, alarm, press, now, repeat_window_s)
-    session.commit()
+    return _recorded(session, alarm, duplicate=False, attached=attached)
+
+
+def log_stored(press: Press, recorded: Recorded) -> None:
+    """After the commit, not before: a log line saying "stored" must be true."""
+    if recorded.duplicate:
+        log.info("alarm.duplicate", alarm_id=recorded.alarm_id, dedup_key=press.dedup_key)
+        return
     log.info(
         "alarm.stored",
-        alarm_id=alarm.id,
-        kind=alarm.kind.value,
-        source=alarm.source.value,
-        case_id=alarm.case_id,
-        attached=attached,
+        alarm_id=recorded.alarm_id,
+        kind=recorded.kind.value,
+        source=press.source.value,
+        case_id=recorded.case_id,
+        attached=recorded.attached,
     )
-    return _recorded(session, alarm, duplicate=False, attached=attached)
 
 
 def acknowledge(session: Session, alarm_id: int, *, at: dt.datetime | None = None) -> None:

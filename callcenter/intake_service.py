@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -21,6 +20,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from callcenter import intake
+from callcenter.alarm_writer import AlarmWriter
 from callcenter.db import utcnow
 from callcenter.models import Alarm
 from callcenter.settings import Settings
@@ -40,6 +40,13 @@ class IntakeService:
             max_workers=settings.db_threads, thread_name_prefix="hyt-db"
         )
         self.directory = TerminalDirectory(sessions, region=settings.phone_region)
+        self.writer = AlarmWriter(
+            sessions,
+            threads=settings.alarm_writers or (1 if settings.is_sqlite else 2),
+            batch_max=settings.alarm_batch_max,
+            repeat_window_s=settings.repeat_window_s,
+            retry_window_s=settings.retry_window_s,
+        )
         self._acks: dict[int, dt.datetime] = {}
         self._ack_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
@@ -75,15 +82,9 @@ class IntakeService:
         return await self.run(from_database)
 
     async def record(self, press: intake.Press) -> intake.Recorded:
-        """Store the alarm; raises if the database cannot: then nothing may be acknowledged."""
-        return await self.run(
-            functools.partial(
-                intake.record_alarm,
-                press=press,
-                repeat_window_s=self._settings.repeat_window_s,
-                retry_window_s=self._settings.retry_window_s,
-            )
-        )
+        """Store the alarm (committed when this returns); raises if the database cannot: then
+        nothing may be acknowledged."""
+        return await asyncio.wrap_future(self.writer.submit(press))
 
     async def acknowledge(self, alarm_id: int) -> None:
         """Note that the terminal was told; written with others in one statement shortly after."""
@@ -132,8 +133,10 @@ class IntakeService:
     async def aclose(self) -> None:
         if self._refresh_task is not None:
             self._refresh_task.cancel()
+        await asyncio.to_thread(self.writer.close)
         await self.flush()
         self._pool.shutdown(wait=True, cancel_futures=False)
 
     def close(self) -> None:
+        self.writer.close()
         self._pool.shutdown(wait=True, cancel_futures=False)

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # How long a life-safety call is held open for an operator to take it.
     life_safety_hold_s: int = Field(default=600, ge=10)
     db_threads: int = Field(default=8, ge=1, le=64)
+    # Alarms are committed in batches by these threads (callcenter/alarm_writer.py). 0: one
+    # thread on SQLite (it takes one writer at a time anyway), two on PostgreSQL.
+    alarm_writers: int = Field(default=0, ge=0, le=16)
+    # At most this many alarms per transaction; 1 commits each alarm alone.
+    alarm_batch_max: int = Field(default=64, ge=1, le=1000)
     # Let the call ring this long before answering (0: answer at once). Some PBXes and
     # terminals expect to hear ringing first.
     sip_ring_ms: int = Field(default=0, ge=0, le=10_000)
