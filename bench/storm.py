@@ -158,8 +158,11 @@ def start_handler(
 
 
 def run_sipp(scenario: str, users: list[str], port: int, rate: float, calls: int,
-             workdir: Path) -> tuple[int, int, list[float]]:  # fmt: skip
-    """Returns (successful, failed, INVITE→200 times in ms)."""
+             workdir: Path, *, host: str = "127.0.0.1", local_port: int | None = None,
+             extra_args: tuple[str, ...] = ()) -> tuple[int, int, list[float]]:  # fmt: skip
+    """Returns (successful, failed, INVITE→200 times in ms). ``users``: lines of the injection
+    file (fields separated by ";"). ``local_port``: SIPp's own SIP port, e.g. the one its
+    terminals registered from at an edge (bench/storm_edge.py)."""
     (workdir / "scenario.xml").write_text(scenario, encoding="ascii")
     with (workdir / "users.csv").open("w") as fh:
         fh.write("SEQUENTIAL\n")
@@ -167,12 +170,13 @@ def run_sipp(scenario: str, users: list[str], port: int, rate: float, calls: int
     stat = workdir / "stat.csv"
     cmd = [
         "sipp", "-sf", "scenario.xml", "-inf", "users.csv", "-i", "127.0.0.1",
-        "-mi", "127.0.0.1", "-p", str(free_udp_port()), "-mp", str(free_port_pair()),
+        "-mi", "127.0.0.1", "-p", str(local_port or free_udp_port()),
+        "-mp", str(free_port_pair()),
         "-m", str(calls), "-r", str(rate), "-l", str(int(rate * 30) + 50),
         "-timeout", f"{int(calls / rate) + 90}s", "-nostdin", "-trace_rtt", "-rtt_freq", "1",
         "-trace_stat", "-stf", str(stat), "-fd", "1", "-max_socket", "5000",
-        "-buff_size", str(8 << 20),
-        f"127.0.0.1:{port}",
+        "-buff_size", str(8 << 20), *extra_args,
+        f"{host}:{port}",
     ]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -244,7 +248,14 @@ def storm(database: Database, backend: str, rate: float, seconds: float) -> Row:
     ok, rtts, cpu = against_handler(database, backend, scenario,
                                     database.users(TerminalProtocol.DTMF), rate, calls,
                                     rtp_sink_port=sink_port)  # fmt: skip
-    alarms = database.alarms()
+    name = f"{backend}, 1 process, {rate:g} calls/s × {seconds:g} s"
+    return call_row(name, calls, ok, rtts, cpu, database.alarms())
+
+
+def call_row(
+    name: str, calls: int, ok: int, rtts: list[float], cpu: float, alarms: list[Alarm]
+) -> Row:
+    """A storm's row from what SIPp saw and the alarms the database holds afterwards."""
     keys = [a.dedup_key for a in alarms]
     commit_ms = [
         (a.received_at.timestamp() - float(a.raw["invite_at"])) * 1000
@@ -257,7 +268,7 @@ def storm(database: Database, backend: str, rate: float, seconds: float) -> Row:
         if a.raw.get("answered_at") and a.raw.get("invite_at")
     ]
     return Row(
-        name=f"{backend}, 1 process, {rate:g} calls/s × {seconds:g} s",
+        name=name,
         p50_handler_answer_ms=percentile(answer_ms, 0.5),
         p99_handler_answer_ms=percentile(answer_ms, 0.99),
         offered=calls,

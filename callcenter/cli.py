@@ -207,8 +207,8 @@ def serve() -> None:
 def scheduler() -> None:
     """Run the scheduler: visits, overdue sweep, terminal watchdog, offer timers, SMS outbox.
     One is active per database (PostgreSQL advisory lock); a second one waits. 定时任务。"""
-    import schedules.dispatch_jobs  # noqa: F401  (registers the dispatch timers)
     from callcenter.settings import get_settings
+    from schedules import dispatch_jobs, reminders  # noqa: F401  (their import registers the jobs)
     from schedules.runner import run_scheduler
 
     _session_ready()

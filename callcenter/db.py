@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -72,6 +72,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Execution option of a unit of work that only reads (see _sqlite_begin and read_scope).
+READ_ONLY = "hyt_read_only"
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock at the start, so two writers wait instead of one failing
+    # with "database is locked" half-way through its transaction. A unit of work that only
+    # reads begins DEFERRED: under WAL it neither takes nor waits for the write lock, so that
+    # 50 consoles reading the queue at once cannot hold up the intake's commit of an alarm.
+    read_only = conn.get_execution_options().get(READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
 def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     """An engine for ``url`` (default: ``HYT_DATABASE_URL``) with our per-backend settings."""
     url = url or get_settings().database_url
@@ -80,9 +93,7 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        # IMMEDIATE takes the write lock at the start, so two writers wait instead of one
-        # failing with "database is locked" half-way through its transaction.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
     else:
         kwargs.setdefault("pool_pre_ping", True)
         if kwargs.get("poolclass") is None and "isolation_level" not in kwargs:
@@ -123,6 +134,17 @@ def use_engine(engine: Engine) -> None:
     global _engine, _session_factory
     _engine = engine
     _session_factory = sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def read_scope() -> Iterator[Session]:
+    """A unit of work that only reads (on SQLite it takes no write lock); nothing to commit."""
+    session = session_factory()()
+    try:
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
+    finally:
+        session.close()
 
 
 @contextmanager

@@ -450,8 +450,9 @@ class Demo:
 
         async with AsyncExitStack() as stack:
             with self.console.status("启动中心 starting the centre …"):
-                # The demo sends its SMS itself, so that they print in the timeline.
-                await start_all(self.settings, stack, background_jobs=False)
+                # The demo sends its SMS itself, so that they print in the timeline, and plans
+                # its visits itself, so that the plan is a step it can show (no scheduler).
+                await start_all(self.settings, stack, background_jobs=False, scheduler=False)
             self.t.say(
                 f"中心已启动：网页 {base}，呼叫处理 SIP 127.0.0.1:{sip_port}（含 SCAIP）",
                 f"centre running: web {base}, call handler sip:127.0.0.1:{sip_port} with SCAIP",

@@ -3,7 +3,9 @@
 For every MESSAGE: parse the ``<mrq>`` (defusedxml), store the alarm, and only then answer
 200 OK, followed by an ``<mrs>`` MESSAGE (``snu`` 0 when stored; non-zero naming what is wrong).
 Heartbeats (``PI``, test transmissions) update the terminal's last seen and open no case. If the
-database cannot store the alarm, there is no 200: the terminal sends it again.
+database cannot store the alarm, there is no 200: the terminal sends it again. A body from which
+no ``<ref>`` can be read (not XML, a DTD, an entity bomb, too large) gets 400: an ``<mrs>`` could
+not name the message it answers.
 """
 
 from __future__ import annotations
@@ -36,15 +38,21 @@ class ScaipIngress:
     async def __call__(self, req: SipRequest, addr: tuple[str, int]) -> SipReply:
         content_type = (req.content_type or "").split(";")[0].strip().lower()
         if content_type != CONTENT_TYPE:
-            log.warning("scaip.unsupported_type", content_type=content_type[:60], source=addr[0])
+            log.warning(
+                "scaip.unsupported_type", content_type=content_type[:60], source=_source(addr)
+            )
             return SipReply(415, "Unsupported Media Type")
         try:
             message = scaip.parse_mrq(req.body or b"")
         except scaip.ScaipError as exc:
-            log.warning("scaip.rejected", reason=exc.reason, snu=exc.snu, source=addr[0])
-            body = scaip.build_mrs(ref=exc.ref, snu=exc.snu) if exc.ref else None
+            log.warning("scaip.rejected", reason=exc.reason, snu=exc.snu, source=_source(addr))
+            if not exc.ref:
+                # No <ref> could be read (not XML, a DTD or entity bomb, too large, no <ref>):
+                # an <mrs> must echo one, so say it in SIP. A bare 200 would tell the terminal
+                # that its message was taken.
+                return SipReply(400, f"Bad Request - SCAIP {exc.reason}")
             # The MESSAGE itself arrived: 200, and the <mrs> says what is wrong with it.
-            return SipReply(200, "OK", followup_body=body)
+            return SipReply(200, "OK", followup_body=scaip.build_mrs(ref=exc.ref, snu=exc.snu))
         from_user = req.from_addr.uri.user or "" if req.from_addr else ""
         terminal = await self._intake.identify(
             sip_user=from_user, caller_number=_crd_number(message.crd), account=message.cid or ""
@@ -70,6 +78,10 @@ class ScaipIngress:
         await self._intake.acknowledge(recorded.alarm_id)
         mre = scaip.MediaReply.DUPLEX if recorded.kind is AlarmKind.LIFE_SAFETY else None
         return SipReply(200, "OK", followup_body=scaip.build_mrs(ref=message.ref, snu=0, mre=mre))
+
+
+def _source(addr: tuple[str, int]) -> str:
+    return f"{addr[0]}:{addr[1]}"
 
 
 def _crd_number(crd: str | None) -> str:

@@ -50,8 +50,18 @@ class Settings(BaseSettings):
     # A terminal that got no acknowledgement calls again: the same content within this window
     # is the same alarm, stored once.
     retry_window_s: int = Field(default=180, ge=0)
-    # How long a life-safety call is held open for an operator to take it.
+    # How long a life-safety call is held open for an operator to take it (once an operator is
+    # being connected, the call stays up as long as they talk).
     life_safety_hold_s: int = Field(default=600, ge=10)
+    # While held, say "an operator will speak with you, please do not hang up" again every so
+    # many seconds (0: silence). An elder hearing nothing for minutes hangs up.
+    voice_hold_reminder_s: int = Field(default=30, ge=0)
+    # Voice: the operator's SIP phone when their account has none (a small site's one desk).
+    operator_phone_uri: str = ""
+    # How long the operator's phone (or, for a call-back, the elder's terminal) may ring.
+    voice_ring_s: int = Field(default=30, ge=5, le=300)
+    # Where call recordings (WAV) are written; the web process serves them from here too.
+    recordings_dir: str = "./recordings"
     db_threads: int = Field(default=8, ge=1, le=64)
     # Alarms are committed in batches by these threads (callcenter/alarm_writer.py). 0: one
     # thread on SQLite (it takes one writer at a time anyway), two on PostgreSQL.
@@ -69,6 +79,14 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("operator_phone_uri")
+    @classmethod
+    def _sip_uri(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith("sip:"):
+            raise ValueError("HYT_OPERATOR_PHONE_URI must be a sip: URI, e.g. sip:desk1@10.0.0.7")
         return value
 
     @field_validator("database_url")

@@ -43,6 +43,8 @@ class Visit(Base):
     window_end: Mapped[dt.date]
     status: Mapped[VisitStatus] = mapped_column(str_enum(VisitStatus), default=VisitStatus.PLANNED)
     reassign_count: Mapped[int] = mapped_column(default=0)
+    # Volunteers who handed this visit back from their link: never offered it again.
+    handed_back_by: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
     recorded_at: Mapped[dt.datetime | None]
     seen_in_person: Mapped[bool | None]
     checklist: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

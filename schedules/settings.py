@@ -6,10 +6,11 @@ environment with the same prefix, and each ignores the other's variables.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Frequency = Literal["weekly", "monthly", "quarterly"]
@@ -43,8 +44,16 @@ class ScheduleSettings(BaseSettings):
     visit_max_reassign: int = Field(default=1, ge=0, le=5)
     # The new volunteer of a reassigned visit gets this many days.
     visit_reassign_days: int = Field(default=3, ge=1, le=31)
-    # Reminders (sent by the SMS outbox, not here) go out this many days before the visit.
+    # Reminders (schedules/reminders.py, through the SMS outbox): one at the evening time this
+    # many days before the visit (0: none), one at the morning time of the visit's day. None is
+    # queued after the latest time of day: a catch-up after a night's downtime must not wake a
+    # volunteer; the next reminder's time comes instead. Local times, HH:MM.
     visit_reminder_days_before: int = Field(default=1, ge=0, le=7)
+    visit_reminder_evening_at: str = "18:00"
+    visit_reminder_morning_at: str = "07:30"
+    visit_reminder_latest_at: str = "21:00"
+    # A visit link (in the reminders) works this long: a month's window and a reassignment.
+    visit_link_max_age_days: int = Field(default=35, ge=1, le=120)
 
     # A terminal is silent when it has not reported for its interval plus this grace.
     watchdog_grace_s: int = Field(default=600, ge=0)
@@ -60,6 +69,8 @@ class ScheduleSettings(BaseSettings):
     scheduler_plan_at: str = "02:30"
     scheduler_overdue_every_s: int = Field(default=600, ge=1)
     scheduler_watchdog_every_s: int = Field(default=60, ge=1)
+    # The reminder job looks for due reminders this often (each is queued once, however often).
+    scheduler_remind_every_s: int = Field(default=300, ge=1)
     # A standby scheduler tries the leadership lock this often; the leader checks its lock
     # connection this often. Take-over happens within about this interval of the leader's death.
     scheduler_leader_retry_s: float = Field(default=10.0, gt=0.0, le=60.0)
@@ -70,13 +81,35 @@ class ScheduleSettings(BaseSettings):
     # On a database that has never run a job, a job's first run covers this far back.
     scheduler_first_run_lookback_s: int = Field(default=86_400, ge=1)
 
-    @field_validator("scheduler_plan_at")
+    @field_validator(
+        "scheduler_plan_at",
+        "visit_reminder_evening_at",
+        "visit_reminder_morning_at",
+        "visit_reminder_latest_at",
+    )
     @classmethod
-    def _clock_time(cls, value: str) -> str:
+    def _clock_time(cls, value: str, info: ValidationInfo) -> str:
         hours, _, minutes = value.partition(":")
         if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
-            raise ValueError("HYT_SCHEDULER_PLAN_AT must be HH:MM")
+            raise ValueError(f"HYT_{str(info.field_name).upper()} must be HH:MM")
         return f"{int(hours):02d}:{int(minutes):02d}"
+
+    @model_validator(mode="after")
+    def _reminders_before_latest(self) -> ScheduleSettings:
+        # "HH:MM" strings compare in clock order.
+        for name in ("visit_reminder_evening_at", "visit_reminder_morning_at"):
+            if getattr(self, name) >= self.visit_reminder_latest_at:
+                raise ValueError(
+                    f"HYT_{name.upper()} must be before HYT_VISIT_REMINDER_LATEST_AT "
+                    f"({self.visit_reminder_latest_at})"
+                )
+        return self
+
+    @staticmethod
+    def clock(value: str) -> dt.time:
+        """A validated ``HH:MM`` setting as a time of day."""
+        hours, minutes = value.split(":")
+        return dt.time(int(hours), int(minutes))
 
     def frequency_for(self, risk_level: str) -> Frequency:
         """The visit frequency for a risk level (``low``, ``medium``, ``high``)."""

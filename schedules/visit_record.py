@@ -4,6 +4,12 @@ A "needs" finding opens a service case (kind ``visit_finding``) for an operator 
 worrying one (health, mood, safety) also flags the elder's case as urgent. The checklist follows
 the Chinese practice in docs/DOMAIN.md: health, mood, food, water/power/gas safety, terminal
 tested and worn, needs.
+
+"Terminal tested" seen in person counts as the terminal's periodic test (issue 6): the elder's
+terminals are marked as heard from at the time of the visit (:func:`devices.registry.touch`), so
+the watchdog's clock restarts and an open "terminal silent" case closes itself. A press that
+reached the centre during the visit already did so through intake; this covers the volunteer's
+word for it too. A terminal already heard from later is left as it is.
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from callcenter.cases import add_event, open_case
 from callcenter.db import utcnow
 from callcenter.models import Case, CaseKind
+from devices.models import Terminal, TerminalStatus
+from devices.registry import touch
 from schedules.models import Visit, VisitStatus
 
 CHECKLIST_ITEMS = ("health", "mood", "food", "utilities_safe", "terminal_tested", "terminal_worn")
@@ -37,6 +46,7 @@ class VisitFinding:
     visit_id: int
     case: Case | None  # opened for a need or a worry, else None
     worrying: list[str]
+    terminals_tested: tuple[int, ...] = ()  # terminal ids whose periodic test this visit was
 
 
 def record_visit(
@@ -88,5 +98,23 @@ def record_visit(
         )
         add_event(session, case, "from_visit", actor="system", at=at,
                   detail={"visit_id": visit.id, "worrying": worrying})  # fmt: skip
+    tested: tuple[int, ...] = ()
+    if seen_in_person and checklist.get("terminal_tested") is True:
+        tested = _count_as_periodic_test(session, visit.elder_id, at)
     session.flush()
-    return VisitFinding(visit.id, case, worrying)
+    return VisitFinding(visit.id, case, worrying, tested)
+
+
+def _count_as_periodic_test(session: Session, elder_id: int, at: dt.datetime) -> tuple[int, ...]:
+    terminal_ids = tuple(
+        session.scalars(
+            select(Terminal.id).where(
+                Terminal.elder_id == elder_id,
+                Terminal.status != TerminalStatus.RETIRED,
+                or_(Terminal.last_seen_at.is_(None), Terminal.last_seen_at < at),
+            )
+        )
+    )
+    for terminal_id in terminal_ids:
+        touch(session, terminal_id, at)
+    return terminal_ids

@@ -28,7 +28,17 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import and_, distinct, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    distinct,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from callcenter.cases import CODE_ALPHABET, OPEN_STATES
@@ -226,6 +236,25 @@ def _close_recovered(session: Session, now: dt.datetime, summary: WatchdogSummar
         summary.group_cases_closed = _close(session, groups, {}, "all_terminals_reported", now)
 
 
+def late_condition(intervals: Iterable[int], now: dt.datetime, grace_s: int) -> ColumnElement[bool]:
+    """SQL: the terminal has not reported for its report interval plus ``grace_s`` at ``now``
+    (never reported: counted from when it was registered). ``intervals`` are the report
+    intervals to cover (the distinct values in the table); the supervisor's view uses it too."""
+    seen = func.coalesce(Terminal.last_seen_at, Terminal.created_at)
+    # One bound threshold per report interval: no date arithmetic in SQL, same on both databases.
+    # (false() first: no intervals, no terminal is late.)
+    return or_(
+        false(),
+        *(
+            and_(
+                Terminal.report_interval_s == interval,
+                seen < now - dt.timedelta(seconds=interval + grace_s),
+            )
+            for interval in intervals
+        ),
+    )
+
+
 def _mark_silent(
     session: Session, now: dt.datetime, grace_s: int
 ) -> list[tuple[int, str, int | None, str | None]]:
@@ -235,17 +264,7 @@ def _mark_silent(
     ).all()
     if not intervals:
         return []
-    seen = func.coalesce(Terminal.last_seen_at, Terminal.created_at)
-    # One bound threshold per report interval: no date arithmetic in SQL, same on both databases.
-    late = or_(
-        *(
-            and_(
-                Terminal.report_interval_s == interval,
-                seen < now - dt.timedelta(seconds=interval + grace_s),
-            )
-            for interval in intervals
-        )
-    )
+    late = late_condition(intervals, now, grace_s)
     candidates = session.execute(
         select(Terminal.id, Terminal.serial, Terminal.elder_id, Elder.street)
         .outerjoin(Elder, Elder.id == Terminal.elder_id)

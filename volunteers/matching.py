@@ -28,14 +28,19 @@ rating      0.15   ``(rating - 1) / 4`` clamped to [0, 1], for ratings on the 1â
 
 Ties go to the nearer volunteer, then the lower id, so the order is deterministic.
 
-Speed: two queries whatever the number of volunteers: the elder's coordinates, then one
-statement that applies every filter in SQL (active, on duty, skill and level, weekly window, a
-circle on the home coordinates with a 2 % margin, the task limit) and brings each survivor's load
-along (open tasks, offers accepted in the fairness window, continuity) from three small grouped
-subqueries that read only recent or in-progress offers and this elder's cases, never the whole
-history. The statement is built once and cached; Python then does the exact haversine check,
-scores every survivor (plain arithmetic) and builds :class:`Candidate` objects for the best
-``limit`` only. ``bench/matching.py`` measures it with 10,000 volunteers.
+Speed: two statements whatever the number of volunteers. The volunteers' fixed details (active,
+on duty, skills and levels, weekly windows, home, radius, task limit, rating) live in memory
+(``volunteers/roster_cache.py``), indexed by skill and radius and sorted by latitude; the first
+statement reads the elder's coordinates together with the roster's version token (a reload
+follows only when the token changed: database triggers change it with every such write, in any
+process). Python then keeps the volunteers with the skill and a window now whose latitude band
+and longitude box reach the elder, and does the exact haversine check on those. The second
+statement reads the survivors' live load (open tasks, offers accepted in the fairness window,
+continuity) from three small grouped queries that read only recent or in-progress offers and
+this elder's cases, never the whole history. Python drops those at their task limit, scores
+every survivor (plain arithmetic) and builds :class:`Candidate` objects for the best ``limit``
+only. ``bench/matching.py`` measures it with 10,000 volunteers against the single-statement
+path it replaced, and ``tests/volunteers/test_roster_cache.py`` holds it to a plain reference.
 """
 
 from __future__ import annotations
@@ -44,18 +49,35 @@ import datetime as dt
 import functools
 import heapq
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import Float, Select, and_, bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    cast,
+    column,
+    func,
+    literal,
+    literal_column,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from callcenter.db import UTCDateTime, utcnow
 from callcenter.models import Case, CaseState, Elder
 from callcenter.settings import get_settings
+from volunteers import roster_cache
 from volunteers.catalog import Catalog, ServiceItem, get_catalog
-from volunteers.models import AvailabilityWindow, Offer, OfferStatus, Volunteer, VolunteerSkill
+from volunteers.models import Offer, OfferStatus
 
 WEIGHTS: dict[str, float] = {
     "distance": 0.35,
@@ -66,9 +88,7 @@ WEIGHTS: dict[str, float] = {
 }
 DISTANCE_SCALE_M = 5_000.0
 FAIRNESS_DAYS = 7
-EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius
-_M_PER_DEG_LAT = math.pi * EARTH_RADIUS_M / 180.0
-_SQL_MARGIN = 1.02
+EARTH_RADIUS_M = roster_cache.EARTH_RADIUS_M  # IUGG mean radius
 # Cases in these states hold nobody any more: an accepted offer on them is not an open task.
 _FINISHED_CASE_STATES = (CaseState.CLOSED, CaseState.CANCELLED)
 _SERVED = (OfferStatus.ACCEPTED, OfferStatus.COMPLETED)
@@ -157,6 +177,12 @@ class _Eligible(NamedTuple):
     served: bool
 
 
+# (-score, distance, volunteer id, the _Eligible fields as a plain tuple): sorts best first,
+# ties to the nearer, then the lower id.
+_Row = tuple[int, str, str | None, float, int, float, int, int, int, bool]
+_Ranked = tuple[float, float, int, _Row]
+
+
 def score_components(
     *, distance_m: float, skill_level: int, served_before: bool, recent_accepted: int, rating: float
 ) -> dict[str, float]:
@@ -179,90 +205,105 @@ def _local_slot(at: dt.datetime) -> tuple[int, int]:
 
 
 @functools.cache
-def _statement(with_exclusions: bool) -> Select[Any]:
-    """The matching query, built once: only its parameters change between calls."""
-    lat, lon = bindparam("lat", type_=Float), bindparam("lon", type_=Float)
-    m_lat, m_lon = bindparam("m_lat", type_=Float), bindparam("m_lon", type_=Float)
-    at = bindparam("at", type_=UTCDateTime())
-    since = bindparam("since", type_=UTCDateTime())
-    radius = Volunteer.service_radius_m
-    # Equirectangular metres, shrunk by the caller by a 2 % margin (equirectangular is within
-    # 0.1 % of haversine at these distances), so that the SQL test is a superset of the exact
-    # one that follows in Python. Plain float arithmetic: no numeric, no trigonometry in SQL.
-    dy = (Volunteer.home_latitude - lat) * m_lat
-    dx = (Volunteer.home_longitude - lon) * m_lon
-    accepted_at = func.coalesce(Offer.responded_at, Offer.sent_at)
+def _home_statement(dialect: str) -> Select[Any]:
+    """The elder's coordinates and the roster's version, in one round trip."""
+    token, written_here = roster_cache.version_columns(dialect)
+    return select(Elder.latitude, Elder.longitude, token, written_here).where(
+        Elder.id == bindparam("elder_id")
+    )
 
+
+_IdColumn = ColumnElement[int] | InstrumentedAttribute[int]
+
+
+def _among(dialect: str) -> Callable[[_IdColumn], ColumnElement[bool]]:
+    """``vid`` is one of the ``ids`` parameter's, given as one text parameter: the SQL text is
+    the same for every call (an expanded ``IN (â€¦)`` is new text for every length, and compiling
+    it cost more than running it), and the database hashes the ids."""
+    if dialect == "postgresql":
+        # '{1,2,3}'. Not ``= ANY(array)``: PostgreSQL estimates that one element by element,
+        # ~100 ms of planning for 2,000 ids.
+        ids = cast(bindparam("ids", type_=String), ARRAY(Integer))
+        return lambda vid: vid.in_(select(func.unnest(ids)))
+    # SQLite (and anything else with JSON1): '[1,2,3]'.
+    return lambda vid: vid.in_(
+        select(column("value", Integer)).select_from(func.json_each(bindparam("ids")))
+    )
+
+
+@contextmanager
+def _planned_each_time(session: Session) -> Iterator[None]:
+    """Run the next statement unprepared on psycopg (PostgreSQL plans it with these ids).
+
+    psycopg prepares a statement after five runs; PostgreSQL then switches to a generic plan,
+    which guesses ten ids and probes the offers index once per id: ~10 ms for 2,000 ids,
+    against ~2 ms for the plan made with the ids in hand (bench/matching.py).
+    """
+    dbapi: Any = session.connection().connection.dbapi_connection
+    if not hasattr(dbapi, "prepare_threshold"):
+        yield
+        return
+    threshold = dbapi.prepare_threshold
+    dbapi.prepare_threshold = None
+    try:
+        yield
+    finally:
+        dbapi.prepare_threshold = threshold
+
+
+@functools.cache
+def _load_statement(dialect: str) -> CompoundSelect:
+    """The live load of the given volunteers, as (kind, volunteer id, count) rows.
+
+    Three small grouped queries that read only in-progress or recent offers and this elder's
+    cases, never the whole history: kind 0 open tasks, 1 accepted in the fairness window,
+    2 served this elder before (count 1).
+    """
+    among = _among(dialect)
+    accepted_at = func.coalesce(Offer.responded_at, Offer.sent_at)
+    # Open and recent offers are few and the (status, expires_at) index finds them; SQLite would
+    # rather walk the volunteer_id index (in GROUP BY order, or once per id), reading every
+    # volunteer's whole history. "+ 0" takes that index out of its choice (SQLite's query
+    # planner documentation: disqualifying WHERE clause terms). PostgreSQL plans with the ids in
+    # hand and needs no help.
+    vid: _IdColumn = (
+        Offer.volunteer_id + literal_column("0") if dialect == "sqlite" else Offer.volunteer_id
+    )
     open_tasks = (
-        select(Offer.volunteer_id.label("vid"), func.count().label("n"))
+        select(literal(0), vid, func.count())
         .join(Case, Case.id == Offer.case_id)
-        .where(Offer.status == OfferStatus.ACCEPTED, Case.state.not_in(_FINISHED_CASE_STATES))
-        .group_by(Offer.volunteer_id)
-        .subquery("open_tasks")
+        .where(
+            Offer.status == OfferStatus.ACCEPTED,
+            Case.state.not_in(_FINISHED_CASE_STATES),
+            among(vid),
+        )
+        .group_by(vid)
     )
     recent = (
-        select(Offer.volunteer_id.label("vid"), func.count().label("n"))
+        select(literal(1), vid, func.count())
         .where(
             Offer.status.in_(_SERVED),
             # An answer comes before its offer expires, so this bound lets the (status,
             # expires_at) index skip old history; a day of slack covers late manual entries.
             Offer.expires_at >= bindparam("since_floor", type_=UTCDateTime()),
-            accepted_at >= since,
-            accepted_at <= at,
+            accepted_at >= bindparam("since", type_=UTCDateTime()),
+            accepted_at <= bindparam("at", type_=UTCDateTime()),
+            among(vid),
         )
-        .group_by(Offer.volunteer_id)
-        .subquery("recent")
+        .group_by(vid)
     )
+    # This elder's cases come first by their index, whatever the database.
     served = (
-        select(Offer.volunteer_id.label("vid"))
+        select(literal(2), Offer.volunteer_id, literal(1))
         .join(Case, Case.id == Offer.case_id)
-        .where(Case.elder_id == bindparam("elder_id"), Offer.status.in_(_SERVED))
-        .distinct()
-        .subquery("served")
-    )
-    on_duty_now = select(AvailabilityWindow.volunteer_id).where(
-        AvailabilityWindow.weekday == bindparam("weekday"),
-        AvailabilityWindow.start_minute <= bindparam("minute"),
-        AvailabilityWindow.end_minute > bindparam("minute"),
-    )
-    open_count = func.coalesce(open_tasks.c.n, 0)
-    query = (
-        select(
-            Volunteer.id,
-            Volunteer.name,
-            Volunteer.community,
-            Volunteer.home_latitude,
-            Volunteer.home_longitude,
-            radius,
-            Volunteer.max_concurrent_tasks,
-            Volunteer.rating,
-            VolunteerSkill.level,
-            open_count,
-            func.coalesce(recent.c.n, 0),
-            served.c.vid,
-        )
-        .join(
-            VolunteerSkill,
-            and_(
-                VolunteerSkill.volunteer_id == Volunteer.id,
-                VolunteerSkill.category_code == bindparam("skill"),
-                VolunteerSkill.level >= bindparam("min_level"),
-            ),
-        )
-        .outerjoin(open_tasks, open_tasks.c.vid == Volunteer.id)
-        .outerjoin(recent, recent.c.vid == Volunteer.id)
-        .outerjoin(served, served.c.vid == Volunteer.id)
         .where(
-            Volunteer.active.is_(True),
-            Volunteer.on_duty.is_(True),
-            dy * dy + dx * dx <= radius * radius,
-            Volunteer.id.in_(on_duty_now),
-            open_count < Volunteer.max_concurrent_tasks,
+            Case.elder_id == bindparam("elder_id"),
+            Offer.status.in_(_SERVED),
+            among(Offer.volunteer_id),
         )
+        .distinct()
     )
-    if with_exclusions:
-        query = query.where(Volunteer.id.not_in(bindparam("exclude", expanding=True)))
-    return query
+    return union_all(open_tasks, recent, served)
 
 
 def _eligible(
@@ -272,61 +313,50 @@ def _eligible(
     elder_id: int,
     at: dt.datetime,
     exclude: Collection[int],
-) -> list[_Eligible]:
-    """Every volunteer who passes every filter, with their load, in one statement."""
+) -> list[_Ranked]:
+    """Every volunteer who passes every filter, with their load and score.
+
+    The fixed filters (active, on duty, skill and level, weekly window, radius) run on the
+    in-memory roster; the task limit and the score's live parts come from one statement.
+    Plain tuples until the end: a match may look at a few thousand volunteers and show 20.
+    """
     weekday, minute = _local_slot(at)
-    home = session.execute(
-        select(Elder.latitude, Elder.longitude).where(Elder.id == elder_id)
-    ).one_or_none()
+    dialect = session.get_bind().dialect.name
+    home = session.execute(_home_statement(dialect), {"elder_id": elder_id}).one_or_none()
     if home is None:
         raise LookupError(f"no elder with id {elder_id}")
-    lat, lon = home
+    lat, lon, token, written_here = home
+    near = roster_cache.roster(session, token, bool(written_here)).nearby(
+        skill=item.skill, min_level=item.min_level, weekday=weekday, minute=minute, lat=lat, lon=lon
+    )
+    if exclude:
+        excluded = set(exclude)
+        near = [n for n in near if n[0] not in excluded]
+    if not near:
+        return []
     since = at - dt.timedelta(days=FAIRNESS_DAYS)
+    ids = [n[0] for n in near]
     params: dict[str, Any] = {
-        "lat": lat,
-        "lon": lon,
-        "m_lat": _M_PER_DEG_LAT / _SQL_MARGIN,
-        "m_lon": _M_PER_DEG_LAT * math.cos(math.radians(lat)) / _SQL_MARGIN,
+        "ids": ("{%s}" if dialect == "postgresql" else "[%s]") % ",".join(map(str, ids)),
         "at": at,
         "since": since,
         "since_floor": since - dt.timedelta(days=1),
         "elder_id": elder_id,
-        "weekday": weekday,
-        "minute": minute,
-        "skill": item.skill,
-        "min_level": item.min_level,
     }
-    if exclude:
-        params["exclude"] = list(exclude)
-    found: list[_Eligible] = []
-    # haversine_m with the elder's side worked out once: this loop runs per eligible volunteer.
-    p1, cos_p1, rad = math.radians(lat), math.cos(math.radians(lat)), math.pi / 180.0
-    sin, cos, asin, sqrt = math.sin, math.cos, math.asin, math.sqrt
-    rows = session.execute(_statement(bool(exclude)), params).tuples()
-    for (
-        vid,
-        name,
-        community,
-        vlat,
-        vlon,
-        radius,
-        max_tasks,
-        rating,
-        level,
-        n_open,
-        n_recent,
-        seen,
-    ) in rows:
-        p2 = vlat * rad
-        a = sin((p2 - p1) / 2) ** 2 + cos_p1 * cos(p2) * sin((vlon - lon) * rad / 2) ** 2
-        distance = 2 * EARTH_RADIUS_M * asin(min(1.0, sqrt(a)))
-        if distance <= radius:
-            found.append(
-                _Eligible(
-                    vid, name, community, distance, max_tasks, rating, level,
-                    int(n_open), int(n_recent), seen is not None,
-                )
-            )  # fmt: skip
+    load: tuple[dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {})
+    with _planned_each_time(session):
+        rows = session.execute(_load_statement(dialect), params).tuples().all()
+    for kind, vid, count in rows:
+        load[kind][vid] = int(count)
+    open_tasks, recent, served = load
+    found: list[_Ranked] = []
+    for vid, name, community, max_tasks, rating, level, distance in near:
+        n_open = open_tasks.get(vid, 0)
+        if n_open < max_tasks:
+            n_recent, seen = recent.get(vid, 0), vid in served
+            score = _score_of(distance, level, seen, n_recent, rating)
+            row = (vid, name, community, distance, max_tasks, rating, level, n_open, n_recent, seen)
+            found.append((-score, distance, vid, row))
     return found
 
 
@@ -335,15 +365,19 @@ _W_DISTANCE, _W_SKILL, _W_CONTINUITY, _W_FAIRNESS, _W_RATING = (
 )
 
 
-def _score(e: _Eligible) -> float:
+def _score_of(distance_m: float, level: int, served: bool, recent: int, rating: float) -> float:
     """The score of :func:`score_components`, without building its dictionary (hot loop)."""
     return (
-        _W_DISTANCE * max(0.0, 1.0 - e.distance_m / DISTANCE_SCALE_M)
-        + _W_SKILL * e.level / 3.0
-        + (_W_CONTINUITY if e.served else 0.0)
-        + _W_FAIRNESS / (1.0 + e.recent)
-        + _W_RATING * min(1.0, max(0.0, (e.rating - 1.0) / 4.0))
+        _W_DISTANCE * max(0.0, 1.0 - distance_m / DISTANCE_SCALE_M)
+        + _W_SKILL * level / 3.0
+        + (_W_CONTINUITY if served else 0.0)
+        + _W_FAIRNESS / (1.0 + recent)
+        + _W_RATING * min(1.0, max(0.0, (rating - 1.0) / 4.0))
     )
+
+
+def _score(e: _Eligible) -> float:
+    return _score_of(e.distance_m, e.level, e.served, e.recent, e.rating)
 
 
 def _candidate(e: _Eligible) -> Candidate:
@@ -389,12 +423,11 @@ def match_volunteers(
     if limit < 1:
         raise ValueError("limit must be at least 1")
     item = (catalog or get_catalog()).item(item_code)
-    eligible = _eligible(
+    ranked = _eligible(
         session, item=item, elder_id=elder_id, at=at or utcnow(), exclude=exclude_volunteer_ids
     )
     # Rank on the exact (unrounded) score; ties to the nearer, then the lower id.
-    ranked = [(-_score(e), e.distance_m, e.volunteer_id, e) for e in eligible]
-    return [_candidate(entry[3]) for entry in heapq.nsmallest(limit, ranked)]
+    return [_candidate(_Eligible._make(entry[3])) for entry in heapq.nsmallest(limit, ranked)]
 
 
 def nearest_only(
@@ -408,8 +441,8 @@ def nearest_only(
 ) -> Candidate | None:
     """Baseline for comparisons: the single nearest eligible volunteer, score ignored."""
     item = (catalog or get_catalog()).item(item_code)
-    eligible = _eligible(
+    ranked = _eligible(
         session, item=item, elder_id=elder_id, at=at or utcnow(), exclude=exclude_volunteer_ids
     )
-    nearest = min(eligible, key=lambda e: (e.distance_m, e.volunteer_id), default=None)
-    return _candidate(nearest) if nearest is not None else None
+    nearest = min(ranked, key=lambda entry: (entry[1], entry[2]), default=None)
+    return _candidate(_Eligible._make(nearest[3])) if nearest is not None else None

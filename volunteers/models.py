@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from callcenter.db import Base, utcnow
@@ -80,6 +80,23 @@ class AvailabilityWindow(Base):
     )
 
 
+class VolunteerDirectoryVersion(Base):
+    """One row (id 1) whose ``token`` changes with every write to what matching keeps in memory
+    (``volunteers/roster_cache.py``): volunteers' matching columns, skills, weekly windows.
+
+    Database triggers set it (migration 0004), so bulk inserts, raw SQL and other processes
+    count too: a random token per row written on SQLite, the writing transaction's id on
+    PostgreSQL, so that a rolled-back write's token never returns.
+    A SQLite batch migration that copies one of these three tables drops its triggers: re-create
+    them there (``tests/volunteers/test_roster_cache.py`` fails if they are missing).
+    """
+
+    __tablename__ = "volunteer_directory_version"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger)
+
+
 class OfferStatus(enum.StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
@@ -105,5 +122,7 @@ class Offer(Base):
 
     __table_args__ = (
         UniqueConstraint("case_id", "volunteer_id"),
-        Index("ix_offers_open", "status", "expires_at"),
+        # Open offers by expiry (the wave timers), and open or recent ones with what matching
+        # reads of them (who, when answered), so that it never visits the table (migration 0004).
+        Index("ix_offers_open", "status", "expires_at", "volunteer_id", "responded_at", "sent_at"),
     )

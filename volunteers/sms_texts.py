@@ -12,6 +12,7 @@ characters); item and community names are shortened when long.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 from volunteers.sms import MAX_SMS_CHARS
@@ -21,6 +22,8 @@ Lang = Literal["zh", "en"]
 SIGNATURE = {"zh": "【呼援通】", "en": "[HYT] "}
 _MAX_ITEM = 12
 _MAX_COMMUNITY = 8
+# Not strftime("%b"): that follows the process's locale.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 TEXTS: dict[str, dict[Lang, str]] = {
     "offer": {
@@ -52,8 +55,12 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "{code} not done yet? Reply 3 when done, or {link}",
     },
     "visit_reminder": {
-        "zh": "提醒：您{when}有一次上门探访（{community}），详情见链接 {link}",
-        "en": "Home visit {when} ({community}): {link}",
+        "zh": "提醒：您{when}有上门探访{code}（{community}），确认、交回或记录请点 {link}",
+        "en": "Visit {code} {when} ({community}): confirm/hand back/record {link}",
+    },
+    "visit_assigned": {
+        "zh": "新的上门探访{code}交给您：{when}，{community}，确认或交回请点 {link}",
+        "en": "New visit {code} for you: {when}, {community}. Confirm/hand back: {link}",
     },
     "declined": {
         "zh": "已收到：您不接任务{code}，谢谢告知！",
@@ -134,15 +141,36 @@ def reminder_text(code: str, *, link: str, lang: Lang = "zh") -> str:
     return render("reminder", lang, code=code, link=link)
 
 
-def visit_reminder_text(*, when: str, community: str, link: str, lang: Lang = "zh") -> str:
-    """``when`` is a short local phrase: 明天上午 / tomorrow morning."""
-    return render(
-        "visit_reminder",
-        lang,
-        when=_short(when, 10),
-        community=_short(community, _MAX_COMMUNITY),
-        link=link,
-    )
+def visit_reminder_text(
+    *, when: str, community: str, link: str, code: str = "", lang: Lang = "zh"
+) -> str:
+    """``when`` is a short local phrase: 明天 / tomorrow; ``code`` the visit's short code."""
+    return _visit_text("visit_reminder", when=when, community=community, link=link, code=code,
+                       lang=lang)  # fmt: skip
+
+
+def visit_assigned_text(
+    *, when: str, community: str, link: str, code: str, lang: Lang = "zh"
+) -> str:
+    """A visit handed back by another volunteer is now this one's; ``when`` is its date."""
+    return _visit_text("visit_assigned", when=when, community=community, link=link, code=code,
+                       lang=lang)  # fmt: skip
+
+
+def day_text(day: dt.date, lang: Lang = "zh") -> str:
+    """A date as a volunteer says it: 12月3日 / 3 Dec (the year is always the coming one)."""
+    return f"{day.month}月{day.day}日" if lang == "zh" else f"{day.day} {_MONTHS[day.month - 1]}"
+
+
+def _visit_text(key: str, *, when: str, community: str, link: str, code: str, lang: Lang) -> str:
+    # As for offers: the link survives whole, the community name gives way first.
+    community_len = _MAX_COMMUNITY
+    while True:
+        text = render(key, lang, when=_short(when, 10), code=code, link=link,
+                      community=_short(community, community_len))  # fmt: skip
+        if len(text) <= MAX_SMS_CHARS or community_len <= 2:
+            return text  # still too long: queue_sms refuses it loudly
+        community_len -= 1
 
 
 def reply_unknown_text(*, lang: Lang = "zh") -> str:

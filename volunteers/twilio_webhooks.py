@@ -4,7 +4,8 @@ Every request must carry a valid ``X-Twilio-Signature``: HMAC-SHA1 under the aut
 URL Twilio called plus the sorted form parameters (Twilio's documented scheme, checked with the
 library's own ``RequestValidator``). The URL is rebuilt from ``HYT_PUBLIC_BASE_URL``, not from what
 the proxy in front of us forwarded, because that public URL is the one Twilio signed. A forged or
-missing signature gets 403 before anything is read from or written to the database.
+missing signature gets 403 before anything is read from or written to the database, and a body
+larger than any Twilio request gets 413 before it is parsed.
 
 The token: ``HYT_TWILIO_AUTH_TOKEN``, or without one (console backend, development, the demo) the
 development token derived from ``HYT_SECRET_KEY`` (see :mod:`volunteers.sms_settings`).
@@ -40,6 +41,9 @@ _STAGE: dict[str, int] = {
     "read": 4, "canceled": 3,
 }  # fmt: skip
 _FINAL = {"delivered": OutboxStatus.DELIVERED, "read": OutboxStatus.DELIVERED}
+# Twilio's webhook requests are a few hundred bytes (an SMS body is at most 1,600 characters);
+# the cap keeps a forged multi-megabyte body from being read into memory and parsed.
+MAX_BODY_BYTES = 64 * 1024
 _FAILED = {"undelivered", "failed", "canceled"}
 
 
@@ -63,8 +67,29 @@ def validate_twilio_request(request: Request, form: FormData) -> bool:
     return bool(validator.validate(public_url(request), form, signature))
 
 
+async def read_bounded_body(request: Request, limit: int = MAX_BODY_BYTES) -> None:
+    """Read the body, refusing with 413 one longer than ``limit`` (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        _too_large(request, int(declared))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            _too_large(request, size)
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # what Request.body() caches; form() reads it from there
+
+
+def _too_large(request: Request, size: int) -> None:
+    log.warning("twilio.webhook.too_large", path=request.url.path, bytes=size)
+    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "request body too large")
+
+
 async def signed_form(request: Request) -> FormData:
-    """The request's form, if Twilio signed it; 403 otherwise (nothing else has run yet)."""
+    """The request's form, if Twilio signed it; 403 otherwise (nothing else has run yet).
+    A body larger than any Twilio request gets 413 before it is parsed."""
+    await read_bounded_body(request)
     form = await request.form()
     if not validate_twilio_request(request, form):
         log.warning("twilio.webhook.bad_signature", path=request.url.path)

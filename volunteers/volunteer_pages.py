@@ -11,6 +11,7 @@ from fastapi.templating import Jinja2Templates
 
 from callcenter.models import Case, Elder
 from callcenter.web.deps import SessionDep
+from callcenter.web.input_text import InputText
 from volunteers.catalog import get_catalog
 from volunteers.links import LinkError, read_token
 from volunteers.models import Offer, OfferStatus
@@ -120,9 +121,9 @@ def arrived(token: str, session: SessionDep) -> RedirectResponse:
 def feedback(
     token: str,
     session: SessionDep,
-    what_was_done: Annotated[str, Form(max_length=1000)],
+    what_was_done: Annotated[InputText, Form(max_length=1000)],
     minutes: Annotated[int, Form(ge=1, le=720)],
-    worrying: Annotated[str, Form(max_length=1000)] = "",
+    worrying: Annotated[InputText, Form(max_length=1000)] = "",
 ) -> RedirectResponse:
     offer, _ = _offer(session, token)
     try:

@@ -13,11 +13,14 @@ from aiosipua import DialogState, IncomingCall, SipRequest
 from aiosipua.header_codec import parse_uri
 from aiosipua.rtp_bridge import CallSession
 from aiosipua.sdp_negotiate import SdpNegotiationError
-from aiosipua.transport import UdpSipTransport
 
+from callcenter.sip.aiosipua_transport import CentreTransport
+from callcenter.sip.aiosipua_uac import CentreUAC, OutgoingLeg, place_call
 from callcenter.sip.aiosipua_uas import CentreUAS, MessageHandler
-from callcenter.sip.interface import CallCallback, CallEnded, CallInfo
-from callcenter.sip.pacer import FRAME_SECONDS, Pacer
+from callcenter.sip.interface import AudioSink, CallCallback, CallEnded, CallInfo
+from callcenter.sip.pacer import Pacer
+from callcenter.sip.rtp_guard import guard_dtmf_receiver
+from callcenter.sip.rtp_out import RtpOut
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +52,14 @@ def uri_user(text: str) -> str:
         return parse_uri(text).user or ""
     except (ValueError, IndexError):
         return ""
+
+
+def contact_uri(header: str) -> str:
+    """The URI of a Contact header value (``"x" <sip:u@h:p>;expires=60`` → ``sip:u@h:p``)."""
+    text = header.split(",", 1)[0].strip()
+    if "<" in text and ">" in text:
+        return text[text.index("<") + 1 : text.index(">")]
+    return text.split(";", 1)[0].strip()
 
 
 def edge_address(edge: str) -> str:
@@ -114,7 +125,7 @@ class AiosipuaCall:
         self._ended = asyncio.Event()
         self._answered = False
         self._rejected = False
-        self._last_frame_at: float | None = None
+        self._out = RtpOut()
 
     @property
     def info(self) -> CallInfo:
@@ -151,6 +162,7 @@ class AiosipuaCall:
             )
             self._session.on_dtmf = self._on_dtmf
             await self._session.start()  # bind RTP before the 200 announces it
+            guard_dtmf_receiver(self._session.rtp_session, self._on_bad_dtmf)
         except (SdpNegotiationError, ValueError, OSError) as exc:
             log.warning("sip.media_failed", call_id=self._info.call_id, reason=repr(exc)[:200])
             await self._release_media()
@@ -160,6 +172,9 @@ class AiosipuaCall:
         self._raise_if_ended()
         self._call.accept(self._session.sdp_answer)
         self._answered = True
+
+    def _on_bad_dtmf(self, reason: str) -> None:
+        log.warning("rtp.bad_dtmf_event", call_id=self._info.call_id, reason=reason)
 
     def _on_dtmf(self, digit: str, _duration: int) -> None:
         # aiortp reports an event outside RFC 4733's 0-15 as "?": line noise, never a button.
@@ -211,28 +226,37 @@ class AiosipuaCall:
             return  # not answered: nothing to play into
         playing = asyncio.ensure_future(self._backend.pacer.play(pcm, self._send_frame))
         ender = asyncio.ensure_future(self._ended.wait())
-        done, _ = await asyncio.wait({playing, ender}, return_when=asyncio.FIRST_COMPLETED)
-        ender.cancel()
+        try:
+            done, _ = await asyncio.wait({playing, ender}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Stopped from outside (an operator is joining the call): no more frames.
+            playing.cancel()
+            raise
+        finally:
+            ender.cancel()
         if playing not in done:
             playing.cancel()
             raise CallEnded(self._info.call_id)
         playing.result()
 
     def _send_frame(self, payload: bytes, first: bool) -> None:
-        """One μ-law frame. RTP time follows real time (RFC 3550 §5.1): after a silence the
-        timestamp jumps by the silence, and the first frame of a sound carries the marker."""
         session = self._session
         if session is None or session.rtp_session is None:
             raise CallEnded(self._info.call_id)
-        rtp = session.rtp_session
-        sender = rtp._sender  # aiortp 0.8.0, pinned: no public API for timestamp or marker
-        now = time.monotonic()
-        if first and self._last_frame_at is not None:
-            silent_frames = max(0, round((now - self._last_frame_at) / FRAME_SECONDS) - 1)
-            for _ in range(silent_frames):
-                sender.advance_timestamp()
-        sender.send_frame_auto(payload, marker=1 if first else 0, addr=rtp._remote_addr)
-        self._last_frame_at = now
+        self._out.send_payload(session.rtp_session, payload, first)
+
+    # -- media for the voice bridge (callcenter.sip.interface.MediaLeg) ------------------
+
+    def listen(self, sink: AudioSink | None) -> None:
+        session = self._session
+        if session is not None:
+            session.on_audio = (lambda pcm, _ts: sink(pcm)) if sink is not None else None
+
+    def send_audio(self, pcm: bytes) -> None:
+        session = self._session
+        if session is None or session.rtp_session is None or self._ended.is_set():
+            return
+        self._out.send_pcm(session.rtp_session, pcm)
 
     async def hangup(self) -> None:
         if self._answered and not self._ended.is_set():
@@ -295,15 +319,19 @@ class AiosipuaBackend:
         self.ports = PortPool(rtp_port_low, rtp_port_high)
         self.pacer = Pacer()
         advertised = (self.advertised_host, port) if self.advertised_host else None
+        self.user_agent = user_agent
+        transport = CentreTransport(local_addr=(host, port))
+        # One socket for both roles: the UAS hands responses to our requests to the UAC, and
+        # in-dialog requests (a BYE) on calls we placed reach it through the UAS.
+        self.uac = CentreUAC(transport, advertised_addr=advertised)
         self.uas = CentreUAS(
-            UdpSipTransport(local_addr=(host, port)),
-            user_agent=user_agent,
-            advertised_addr=advertised,
+            transport, user_agent=user_agent, advertised_addr=advertised, uac=self.uac
         )
         self.uas.on_sip_message = on_message
         if edge:
             self.uas.allowed_sources = frozenset({edge_address(edge)})
         self._calls: dict[str, AiosipuaCall] = {}
+        self._legs: dict[str, OutgoingLeg] = {}
         self._on_call: CallCallback | None = None
 
     @property
@@ -333,6 +361,7 @@ class AiosipuaBackend:
             source=call.source_addr,
             branch=invite.via[0].branch or "" if invite.via else "",
             received_at=time.time(),
+            contact=contact_uri(invite.get_header("contact") or ""),
         )
         handle = AiosipuaCall(self, call, info)
         self._calls[call.call_id] = handle
@@ -350,11 +379,22 @@ class AiosipuaBackend:
             self._calls.pop(handle.info.call_id, None)
 
     def _far_end_ended(self, call_id: str) -> None:
-        handle = self._calls.get(call_id)
+        handle = self._calls.get(call_id) or self._legs.get(call_id)
         if handle is not None:
             handle.far_end_hung_up()
+
+    async def dial(
+        self, uri: str, destination: tuple[str, int], *, caller: str, ring_s: float
+    ) -> OutgoingLeg:
+        """Place an outgoing call (implements :class:`callcenter.sip.interface.Dialler`)."""
+        leg = await place_call(self, uri, destination, caller=caller, ring_s=ring_s)
+        self._legs[leg.call_id] = leg
+        leg.on_released = lambda: self._legs.pop(leg.call_id, None)
+        return leg
 
     async def stop(self) -> None:
         for handle in list(self._calls.values()):
             await handle.hangup()
+        for leg in list(self._legs.values()):
+            await leg.hangup()
         await self.uas.stop()

@@ -24,6 +24,9 @@ from aiosipua import (
     generate_tag,
 )
 from aiosipua.header_codec import stringify_uri
+from aiosipua.message import missing_required_headers
+
+from callcenter.sip.sdp_check import offer_problem
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +53,20 @@ class SipReply:
 
 
 MessageHandler = Callable[[SipRequest, tuple[str, int]], Awaitable[SipReply]]
+
+
+def content_length_problem(msg: SipRequest | SipResponse) -> str | None:
+    """What is wrong with the message's Content-Length (RFC 3261 §20.14: 1*DIGIT, and the
+    datagram must hold that many bytes of body), or None. UDP may leave it out."""
+    declared = msg.headers.get_first("content-length")
+    if declared is None:
+        return None
+    declared = declared.strip()
+    if not declared.isascii() or not declared.isdigit():
+        return "unreadable Content-Length"
+    if int(declared) > len(msg.body):
+        return "body shorter than Content-Length"
+    return None
 
 
 def _branch(req: SipRequest | SipResponse) -> str:
@@ -89,6 +106,24 @@ class CentreUAS(SipUAS):
             if isinstance(msg, SipRequest) and msg.method.upper() != "ACK":
                 self._send_error(msg, 403, "Forbidden - use the SIP edge")
             return
+        source = f"{addr[0]}:{addr[1]}"
+        if (problem := content_length_problem(msg)) is not None:
+            # RFC 3261 §18.3: a datagram shorter than its Content-Length is truncated; a request
+            # gets 400, a response is discarded. The library would pass on the partial body
+            # (a truncated INVITE became a call with half an SDP).
+            method = msg.method[:20] if isinstance(msg, SipRequest) else "response"
+            log.warning("sip.bad_content_length", problem=problem, source=source, method=method)
+            if isinstance(msg, SipRequest) and method != "ACK" and msg.headers.get("via"):
+                self._send_error(msg, 400, f"Bad Request - {problem}")
+            return
+        if isinstance(msg, SipRequest) and (missing := missing_required_headers(msg)):
+            # RFC 3261 §8.1.1 (the library's own check logs an unstructured line).
+            method = msg.method[:20]
+            log.warning("sip.missing_headers", missing=",".join(missing), source=source,
+                        method=method)  # fmt: skip
+            if "via" not in missing and method != "ACK":
+                self._send_error(msg, 400, "Bad Request - missing " + ", ".join(missing))
+            return
         if isinstance(msg, SipResponse):
             future = self._pending.get(_branch(msg))
             if future is not None:
@@ -108,6 +143,8 @@ class CentreUAS(SipUAS):
         extra_headers: dict[str, str] | None = None,
     ) -> None:
         if status_code == 405:
+            log.warning("sip.method_not_allowed", method=request.method[:20],
+                        call_id=(request.call_id or "")[:100])  # fmt: skip
             extra_headers = {**(extra_headers or {}), "Allow": ", ".join(self._handlers)}
         super()._send_error(request, status_code, reason, extra_headers=extra_headers)
 
@@ -124,10 +161,17 @@ class CentreUAS(SipUAS):
             elif final := getattr(call, "final_status", None):
                 call._send_response(final, "")
             return  # an answered call's own 2xx retransmission timer covers the rest
+        if (problem := offer_problem(req.content_type, req.body or b"")) is not None:
+            # Junk for an offer never becomes a call (nor an unknown caller's alarm).
+            log.warning("sip.invite_rejected", call_id=(req.call_id or "")[:100],
+                        reason=problem, source=f"{addr[0]}:{addr[1]}")  # fmt: skip
+            self._send_error(req, 400, "Bad Request - unreadable SDP")
+            return
         try:
             self._orig_invite(req, addr)
         except Exception as exc:  # parse_sdp raises ValueError for e.g. a non-numeric port
-            log.warning("sip.invite_rejected", call_id=req.call_id, reason=repr(exc)[:200])
+            log.warning("sip.invite_rejected", call_id=(req.call_id or "")[:100],
+                        reason=repr(exc)[:200], source=f"{addr[0]}:{addr[1]}")  # fmt: skip
             txn = self.transactions.match_request(req)
             if txn is not None:
                 self.transactions.remove(txn)

@@ -5,13 +5,16 @@
    an RFC 2833 digit after answer, or Contact ID (SIA DC-05) messages.
 3. Record the alarm, committed before any acknowledgement (prompt, kiss-off).
 4. Acknowledge: the "help is coming" prompt, or the DC-05 kiss-off tone.
-5. Life-safety calls stay up for an operator; others are cleared.
+5. Life-safety calls stay up for an operator (who can be connected to it from the console,
+   :mod:`callcenter.sip.voice_desk`); others are cleared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import math
 import time
 
 import structlog
@@ -21,7 +24,7 @@ from callcenter.intake_service import IntakeService
 from callcenter.models import AlarmKind, AlarmSource
 from callcenter.prompts import Prompt, prompt_audio
 from callcenter.sip.interface import CallEnded, CallHandle
-from callcenter.sip.live_calls import LiveCalls
+from callcenter.sip.live_calls import HeldCall, LiveCalls
 from devices import contact_id, tones
 from devices.models import TerminalProtocol
 from devices.registry import KnownTerminal
@@ -48,18 +51,28 @@ DIGIT_FIRST_TIMEOUT = 6.0  # a terminal sends its button digit right after the a
 CID_FIRST_TIMEOUT = 5.0  # DC-05: the panel starts within a few seconds of the handshake
 CID_INTER_DIGIT = 1.5  # digits arrive ~50-100 ms apart; a long gap means the message ended
 CID_MAX_ATTEMPTS = 4  # DC-05 panels try a message up to four times
+# After an operator's phone did not answer, the call stays held at least this long more, so
+# that the operator (or another) can try again.
+RETRY_GRACE_S = 60.0
 
 
 class CallFlow:
     """The handler every backend calls with each new inbound call."""
 
     def __init__(
-        self, intake: IntakeService, live_calls: LiveCalls, *, hold_s: float, ring_s: float = 0.0
+        self,
+        intake: IntakeService,
+        live_calls: LiveCalls,
+        *,
+        hold_s: float,
+        ring_s: float = 0.0,
+        reminder_s: float = 0.0,
     ) -> None:
         self._intake = intake
         self._live = live_calls
         self._hold_s = hold_s
         self._ring_s = ring_s
+        self._reminder_s = reminder_s
         # When each call in progress was answered: kept with its alarm (INVITE→200 figures).
         self._answered_at: dict[str, float] = {}
 
@@ -142,6 +155,7 @@ class CallFlow:
     async def _contact_id(self, call: CallHandle, terminal: KnownTerminal) -> None:
         """SIA DC-05: handshake, 16 digits, checksum, kiss-off only after the commit."""
         await self._answer(call)
+        hold_for: Recorded | None = None
         hold = False
         attempts = 0
         await call.play(tones.handshake())
@@ -166,13 +180,13 @@ class CallFlow:
             attempts = 0
             recorded = await self._record_contact_id(call, terminal, message)
             await self._play_then_acknowledge(call, tones.kiss_off(), recorded)
-            hold = (
-                hold
-                or message.listen_in_follows
-                or (message.kind == "life_safety" and not message.is_restore)
-            )
+            if message.listen_in_follows or (
+                message.kind == "life_safety" and not message.is_restore
+            ):
+                hold, hold_for = True, hold_for or recorded
         if hold and not call.ended:
-            await self._hold_for_operator(call, None)
+            with self._live.holding(call, hold_for) as held:
+                await self._hold_for_operator(call, held)
         await call.hangup()
 
     # -- recording and acknowledging ---------------------------------------------------------
@@ -205,6 +219,7 @@ class CallFlow:
                     "dialled": info.dialled_user,
                     "display": info.caller_display,
                     "source": f"{info.source[0]}:{info.source[1]}",
+                    "contact": info.contact,
                 },
             )
         )
@@ -242,30 +257,98 @@ class CallFlow:
         )
 
     async def _play_then_acknowledge(
-        self, call: CallHandle, pcm: bytes, recorded: Recorded
+        self,
+        call: CallHandle,
+        pcm: bytes,
+        recorded: Recorded,
+        *,
+        unless: asyncio.Event | None = None,
     ) -> None:
         """Play the acknowledgement; once it has started, the alarm counts as acknowledged.
 
         A panel goes on-hook as soon as it recognises the kiss-off, and an elder may hang up
         during the prompt: either way the terminal was told, and a later identical press is a
-        new alarm, not a retry of this one.
+        new alarm, not a retry of this one. ``unless``: stop playing when it is set (an
+        operator is on the line: their voice beats the rest of the prompt).
         """
         if call.ended:
             # Gone before anything was said: unacknowledged, so its retry is this alarm.
             raise CallEnded(call.info.call_id)
         try:
-            await call.play(pcm)
+            if unless is None:
+                await call.play(pcm)
+            else:
+                await _play_unless(call, pcm, unless)
         finally:
             await asyncio.shield(self._intake.acknowledge(recorded.alarm_id))
 
     async def _acknowledge(self, call: CallHandle, recorded: Recorded) -> None:
         prompt = prompt_audio(PROMPT_OF_KIND.get(recorded.kind, Prompt.HELP_COMING))
-        await self._play_then_acknowledge(call, prompt, recorded)
-        if recorded.kind in HOLD_KINDS:
-            await self._hold_for_operator(call, recorded)
+        if recorded.kind not in HOLD_KINDS:
+            await self._play_then_acknowledge(call, prompt, recorded)
+        else:
+            # Held from before the prompt: an operator's phone may already ring while it plays.
+            with self._live.holding(call, recorded) as held:
+                await self._play_then_acknowledge(
+                    call, prompt, recorded, unless=held.operator_on_line
+                )
+                await self._hold_for_operator(call, held)
         await call.hangup()
 
-    async def _hold_for_operator(self, call: CallHandle, recorded: Recorded | None) -> None:
-        """Keep a life-safety call up until the caller hangs up, an operator ends it, or timeout."""
-        with self._live.holding(call, recorded):
-            await call.wait_ended(self._hold_s)
+    async def _hold_for_operator(self, call: CallHandle, held: HeldCall) -> None:
+        """Keep a life-safety call up until the caller hangs up, an operator's call with the
+        elder ends, or the hold times out (never while an operator is being connected)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._hold_s
+        next_reminder = loop.time() + self._reminder_s if self._reminder_s else math.inf
+        held.quiet.set()
+        while not call.ended:
+            if held.taken.is_set():
+                await _first_of(held.released, call, timeout=None)
+                deadline = max(deadline, loop.time() + RETRY_GRACE_S)
+                continue
+            now = loop.time()
+            if now >= deadline:
+                return
+            await _first_of(held.taken, call, timeout=min(deadline, next_reminder) - now)
+            if not held.taken.is_set() and not call.ended and loop.time() >= next_reminder:
+                await self._remind(call, held)
+                next_reminder = loop.time() + self._reminder_s
+
+    async def _remind(self, call: CallHandle, held: HeldCall) -> None:
+        """Say again that an operator is coming; stop at once if one is being connected."""
+        kind = held.recorded.kind if held.recorded else AlarmKind.LIFE_SAFETY
+        held.quiet.clear()
+        try:
+            pcm = prompt_audio(PROMPT_OF_KIND.get(kind, Prompt.HELP_COMING))
+            await _play_unless(call, pcm, held.taken)
+        finally:
+            held.quiet.set()
+
+
+async def _play_unless(call: CallHandle, pcm: bytes, event: asyncio.Event) -> None:
+    """Play ``pcm``, cut short if ``event`` is set meanwhile."""
+    playing = asyncio.ensure_future(call.play(pcm))
+    setting = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({playing, setting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        setting.cancel()
+        if not playing.done():
+            playing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CallEnded):
+                await playing
+    if not playing.cancelled():
+        playing.result()  # CallEnded if the caller hung up during it
+
+
+async def _first_of(event: asyncio.Event, call: CallHandle, *, timeout: float | None) -> None:
+    """Wait until ``event`` is set, the call ends, or ``timeout`` passes."""
+    setting = asyncio.ensure_future(event.wait())
+    ending = asyncio.ensure_future(call.wait_ended(timeout))
+    try:
+        await asyncio.wait({setting, ending}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+    finally:
+        setting.cancel()
+        ending.cancel()

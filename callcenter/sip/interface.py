@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 SAMPLE_RATE = 8000
 BYTES_PER_SAMPLE = 2
@@ -34,6 +34,7 @@ class CallInfo:
     source: tuple[str, int]  # where the INVITE came from (the terminal or the SIP edge)
     branch: str  # top Via branch, part of the key that makes a retransmission harmless
     received_at: float = 0.0  # time.time() when the INVITE arrived (for INVITE→alarm figures)
+    contact: str = ""  # the INVITE's Contact URI: where the terminal can be called back
 
 
 class CallHandle(Protocol):
@@ -77,6 +78,48 @@ class CallHandle(Protocol):
 
 
 CallCallback = Callable[[CallHandle], Awaitable[None]]
+AudioSink = Callable[[bytes], None]
+
+
+class DialFailed(Exception):
+    """An outgoing call that was not answered: busy, declined, no answer, unreachable."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}".strip())
+        self.status = status
+        self.reason = reason
+
+
+@runtime_checkable
+class MediaLeg(Protocol):
+    """One call whose audio can be taken and given: an answered inbound call of a backend that
+    can bridge, or an outgoing call it placed. Audio is 16-bit 8 kHz mono PCM, as above."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    def listen(self, sink: AudioSink | None) -> None:
+        """Hand every chunk of audio heard from the far end to ``sink`` (None: stop)."""
+        ...
+
+    def send_audio(self, pcm: bytes) -> None:
+        """Send ``pcm`` to the far end now (a relay: paced by the other side's packets)."""
+        ...
+
+    async def hangup(self) -> None: ...
+
+    async def wait_ended(self, timeout: float | None = None) -> bool: ...
+
+
+class Dialler(Protocol):
+    """A backend that can place outgoing calls (the default backend; pyVoIP's cannot)."""
+
+    async def dial(
+        self, uri: str, destination: tuple[str, int], *, caller: str, ring_s: float
+    ) -> MediaLeg:
+        """Call ``uri`` (INVITE sent to ``destination``), offering PCMU; return when answered.
+        Raises :class:`DialFailed`; cancelling the wait sends CANCEL."""
+        ...
 
 
 class CallBackend(Protocol):

@@ -56,6 +56,7 @@ from callcenter.sip.pyvoip_sipmsg import (
     uri_hostport,
 )
 from callcenter.sip.pyvoip_transport import T1, HardenedSIPClient
+from callcenter.sip.sdp_check import sdp_problem
 
 log = structlog.get_logger(__name__)
 
@@ -223,6 +224,10 @@ class HardenedVoIPPhone(stock.VoIPPhone):
     def _new_call(self, req: HardenedSIPMessage) -> None:
         if enabled("100-trying"):
             self.sip.send_response(req, 100, "Trying")
+        if req.content and (problem := sdp_problem(req.content)) is not None:
+            if enabled("sdp-errors"):  # junk for an offer never becomes a call (nor an alarm)
+                self._refuse(req, 488, problem)
+            return
         try:
             if req.headers.get("Content-Type") != "application/sdp" or not req.content:
                 raise OfferError("no SDP offer")  # we never make the offer in a 200
@@ -262,7 +267,8 @@ class HardenedVoIPPhone(stock.VoIPPhone):
         self._finished[req.call_id] = Finished(
             req.branch, tag, final, expires=time.monotonic() + FINISHED_TTL
         )
-        log.info("pyvoip.call.refused", call_id=req.call_id, status=code, why=why)
+        log.warning("pyvoip.call.refused", call_id=req.call_id[:100], status=code, why=why,
+                    source=f"{req.source[0]}:{req.source[1]}")  # fmt: skip
 
     def _dialog_headers(self, call: HardenedVoIPCall) -> list[tuple[str, str]]:
         # RFC 3261 §12.1.1: a dialog-creating response copies Record-Route, in order, so the

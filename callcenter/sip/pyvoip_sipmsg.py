@@ -269,6 +269,8 @@ class HardenedSIPMessage(SIP.SIPMessage):
                 number, method = data.split()
                 self.headers[header] = {"check": str(int(number)), "method": method}
             elif header == "Content-Length":
+                if not (data.isascii() and data.isdigit()):  # 1*DIGIT (RFC 3261 §20.14)
+                    raise ValueError(f"Content-Length {data[:20]!r}")
                 self.headers[header] = int(data)
             elif header == "Content-Type":
                 self.headers[header] = data.split(";")[0].strip().lower()

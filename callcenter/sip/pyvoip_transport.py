@@ -203,7 +203,8 @@ class HardenedSIPClient(SIP.SIPClient):
         try:
             msg = HardenedSIPMessage(raw)
         except Exception as exc:
-            log.info("pyvoip.sip.unreadable", source=f"{source[0]}:{source[1]}", error=str(exc))
+            log.warning("pyvoip.sip.unreadable", source=f"{source[0]}:{source[1]}",
+                        error=str(exc)[:160])  # fmt: skip
             return
         msg.source = source
         if msg.type == SIP.SIPMessageType.RESPONSE:
@@ -222,6 +223,8 @@ class HardenedSIPClient(SIP.SIPClient):
         if msg.version != "SIP/2.0":
             self.send_response(msg, 505, "Version Not Supported")
         elif msg.bad_request:
+            log.warning("pyvoip.sip.bad_request", source=f"{source[0]}:{source[1]}",
+                        reason=msg.bad_request, method=msg.method[:20])  # fmt: skip
             if msg.method != "ACK":  # RFC 3261 §17: an ACK is never answered
                 self.send_response(msg, 400, msg.bad_request)
         elif msg.method == "INVITE":
@@ -238,6 +241,8 @@ class HardenedSIPClient(SIP.SIPClient):
                 self.send_response(msg, 200, "OK", to_tag=self.gen_tag(), extra=allow)
         elif enabled("405"):
             # RFC 3261 §8.2.1: 405 with Allow. MESSAGE (SCAIP) goes to the other stack's listener.
+            log.warning("pyvoip.sip.method_not_allowed", source=f"{source[0]}:{source[1]}",
+                        method=msg.method[:20])  # fmt: skip
             self.send_response(
                 msg, 405, "Method Not Allowed", to_tag=self.gen_tag(), extra=[("Allow", ALLOW)]
             )

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import importlib
 import signal
+import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from callcenter import db, migrate
 from callcenter.intake_service import IntakeService
 from callcenter.scaip_ingress import ScaipIngress
 from callcenter.settings import Settings
+from callcenter.sip import listener_registry
 from callcenter.sip.aiosipua_backend import AiosipuaBackend
 from callcenter.sip.call_flow import CallFlow
 from callcenter.sip.interface import CallBackend, CallHandle
 from callcenter.sip.live_calls import LiveCalls
+from callcenter.sip.voice_desk import VoiceDesk
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +34,7 @@ class SipServices:
     intake: IntakeService
     live_calls: LiveCalls
     backends: list[CallBackend]
+    voice: VoiceDesk | None = None  # connects operators to elders (default backend only)
 
 
 async def _refuse_calls(call: CallHandle) -> None:
@@ -73,6 +77,7 @@ async def start_sip(
     live_calls = LiveCalls()
     ingress = ScaipIngress(intake)
     backends: list[CallBackend] = []
+    voice: VoiceDesk | None = None
     if calls:
         backend = build_backend(settings, ingress)
         flow = CallFlow(
@@ -80,10 +85,18 @@ async def start_sip(
             live_calls,
             hold_s=settings.life_safety_hold_s,
             ring_s=settings.sip_ring_ms / 1000,
+            reminder_s=settings.voice_hold_reminder_s,
         )
         await backend.start(flow)
         stack.push_async_callback(backend.stop)
+        listener_registry.register(backend, "calls")  # for /readyz of this process
+        stack.callback(listener_registry.unregister, backend)
         backends.append(backend)
+        if isinstance(backend, AiosipuaBackend):  # pyVoIP cannot place calls (PYVOIP.md)
+            voice = VoiceDesk(intake, live_calls, backend, settings,
+                              name=f"{socket.gethostname()}:{settings.sip_port}")  # fmt: skip
+            await voice.start()
+            stack.push_async_callback(voice.stop)
     # The default backend answers MESSAGE on its own socket; pyVoIP cannot, so SCAIP then
     # gets a listener of its own (and `hyt scaip` runs only that).
     if scaip and (not calls or settings.sip_backend == "pyvoip"):
@@ -96,13 +109,15 @@ async def start_sip(
         )
         await listener.start(_refuse_calls)
         stack.push_async_callback(listener.stop)
+        listener_registry.register(listener, "scaip")
+        stack.callback(listener_registry.unregister, listener)
         backends.append(listener)
     # Start-up objects never become garbage: keep them out of the collector's way, and collect
     # less often, so that a collection pause does not stall the loop during a storm (SIPSTACK.md).
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    return SipServices(intake, live_calls, backends)
+    return SipServices(intake, live_calls, backends, voice)
 
 
 async def serve_until_signalled(

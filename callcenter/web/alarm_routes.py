@@ -11,6 +11,7 @@ from sqlalchemy.orm import aliased
 from callcenter.models import Alarm, AlarmKind, AlarmStatus, Case, Elder, Role
 from callcenter.web.auth import require
 from callcenter.web.deps import SessionDep
+from callcenter.web.ids import MAX_ROW_ID
 from callcenter.web.schemas import AlarmOut, CaseRef, ElderRef, TerminalRef
 from devices.models import Terminal
 
@@ -24,7 +25,7 @@ def list_alarms(
     kind: AlarmKind | None = None,
     status: AlarmStatus | None = None,
     before_id: Annotated[
-        int | None, Query(ge=1, description="page: alarms older than this")
+        int | None, Query(ge=1, le=MAX_ROW_ID, description="page: alarms older than this")
     ] = None,
 ) -> list[AlarmOut]:
     """Alarms with their elder, terminal and case, newest first."""

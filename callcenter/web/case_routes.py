@@ -31,6 +31,7 @@ from callcenter.web.case_schemas import (
     WaveOut,
 )
 from callcenter.web.deps import SessionDep
+from callcenter.web.ids import RowId
 from volunteers.catalog import PRIORITY_RANK, get_catalog
 from volunteers.matching import match_volunteers
 from volunteers.models import Offer, Volunteer
@@ -90,7 +91,7 @@ def list_cases(
 
 
 @router.get("/{case_id}", response_model=CaseDetailOut)
-def get_case(case_id: int, session: SessionDep, _user: OperatorDep) -> CaseDetailOut:
+def get_case(case_id: RowId, session: SessionDep, _user: OperatorDep) -> CaseDetailOut:
     """One case with its whole audit trail and every offer made."""
     case = _case_or_404(session, case_id)
     elder = session.get(Elder, case.elder_id) if case.elder_id else None
@@ -168,7 +169,7 @@ def create_case(body: CaseIn, session: SessionDep, user: OperatorDep) -> CaseOut
 
 
 @router.patch("/{case_id}", response_model=CaseOut)
-def set_item(case_id: int, body: CaseItemIn, session: SessionDep, user: OperatorDep) -> CaseOut:
+def set_item(case_id: RowId, body: CaseItemIn, session: SessionDep, user: OperatorDep) -> CaseOut:
     """Say what the elder needs (after talking to them): the catalogue item sets the category,
     priority and target time of the case."""
     case = _case_or_404(session, case_id)
@@ -195,7 +196,7 @@ def set_item(case_id: int, body: CaseItemIn, session: SessionDep, user: Operator
 
 @router.get("/{case_id}/candidates", response_model=list[CandidateOut])
 def candidates(
-    case_id: int, session: SessionDep, _user: OperatorDep,
+    case_id: RowId, session: SessionDep, _user: OperatorDep,
     limit: Annotated[int, Query(ge=1, le=50)] = 10,
 ) -> list[CandidateOut]:  # fmt: skip
     """Ranked volunteers for the case, each with the parts of its score (why this one)."""
@@ -219,7 +220,7 @@ def candidates(
 
 
 @router.post("/{case_id}/dispatch", response_model=WaveOut)
-def dispatch(case_id: int, session: SessionDep, user: OperatorDep) -> WaveOut:
+def dispatch(case_id: RowId, session: SessionDep, user: OperatorDep) -> WaveOut:
     """Offer the case to the best volunteers now (one wave); later waves follow by timer."""
     case = _case_or_404(session, case_id)
     actor = f"operator:{user.id}"
@@ -235,7 +236,7 @@ def dispatch(case_id: int, session: SessionDep, user: OperatorDep) -> WaveOut:
 
 
 @router.post("/{case_id}/close", response_model=CaseOut)
-def close(case_id: int, body: CloseIn, session: SessionDep, user: OperatorDep) -> CaseOut:
+def close(case_id: RowId, body: CloseIn, session: SessionDep, user: OperatorDep) -> CaseOut:
     """办结 after the feedback, once the elder's satisfaction was confirmed."""
     case = _case_or_404(session, case_id)
     try:
@@ -248,7 +249,7 @@ def close(case_id: int, body: CloseIn, session: SessionDep, user: OperatorDep) -
 
 
 @router.post("/{case_id}/cancel", response_model=CaseOut)
-def cancel(case_id: int, body: CancelIn, session: SessionDep, user: OperatorDep) -> CaseOut:
+def cancel(case_id: RowId, body: CancelIn, session: SessionDep, user: OperatorDep) -> CaseOut:
     """Cancel or mark a false alarm; the reason is required and kept."""
     case = _case_or_404(session, case_id)
     try:

@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from callcenter.web.ids import BodyRowId
+from callcenter.web.input_text import InputText
+
 
 class CaseEventOut(BaseModel):
     at: dt.datetime
@@ -53,24 +56,24 @@ class CaseDetailOut(CaseOut):
 
 
 class CaseIn(BaseModel):
-    elder_id: int
+    elder_id: BodyRowId
     item_code: str = Field(min_length=3, max_length=64, examples=["appliances.replace_bulb"])
-    summary: str = Field(default="", max_length=1000)
-    alarm_id: int | None = Field(default=None, description="the alarm this case answers")
+    summary: InputText = Field(default="", max_length=1000)
+    alarm_id: BodyRowId | None = Field(default=None, description="the alarm this case answers")
 
 
 class CaseItemIn(BaseModel):
     item_code: str = Field(min_length=3, max_length=64, examples=["appliances.replace_bulb"])
-    summary: str | None = Field(default=None, max_length=1000)
+    summary: InputText | None = Field(default=None, max_length=1000)
 
 
 class CloseIn(BaseModel):
     satisfied: bool
-    note: str = Field(default="", max_length=500)
+    note: InputText = Field(default="", max_length=500)
 
 
 class CancelIn(BaseModel):
-    reason: str = Field(min_length=2, max_length=500)
+    reason: InputText = Field(min_length=2, max_length=500)
 
 
 class CandidateOut(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import random
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -16,15 +17,15 @@ from callcenter import db
 from callcenter.console import (
     ConsoleError,
     claim_alarm,
-    is_life_safety,
     queue,
-    queue_marker,
     record_outcome,
     screen_pop,
     search_elders,
 )
+from callcenter.db import utcnow
 from callcenter.models import Case, Operator, Role
 from callcenter.settings import get_settings
+from callcenter.supervision_settings import get_supervision_settings
 from callcenter.web.auth import RANK, SESSION_COOKIE, require, user_from_token
 from callcenter.web.console_schemas import (
     CaseBrief,
@@ -37,14 +38,15 @@ from callcenter.web.console_schemas import (
     ScreenPop,
     TerminalOut,
 )
-from callcenter.web.deps import SessionDep
+from callcenter.web.deps import ReadSessionDep, SessionDep
+from callcenter.web.ids import RowId
+from callcenter.web.live_events import current_feed
+from callcenter.web.queue_view import queue_items
 from volunteers.catalog import get_catalog
 
 router = APIRouter(tags=["console"])
 OperatorDep = Annotated[Operator, require(Role.OPERATOR)]
 
-# How often each open event stream looks at the database for changes.
-EVENTS_POLL_S = 0.3
 # A stream ends after this long and the browser's EventSource reconnects by itself; this bounds
 # how long a server shutting down waits for open consoles (uvicorn waits for open responses).
 EVENTS_STREAM_S = 25.0
@@ -60,7 +62,7 @@ def _http_error(exc: ConsoleError) -> HTTPException:
 
 
 @router.post("/api/alarms/{alarm_id}/claim", response_model=ClaimOut)
-def claim(alarm_id: int, session: SessionDep, user: OperatorDep) -> ClaimOut:
+def claim(alarm_id: RowId, session: SessionDep, user: OperatorDep) -> ClaimOut:
     """Take the alarm; 409 when another operator took it first."""
     try:
         alarm = claim_alarm(session, alarm_id=alarm_id, operator_id=user.id)
@@ -77,7 +79,7 @@ def claim(alarm_id: int, session: SessionDep, user: OperatorDep) -> ClaimOut:
 
 
 @router.post("/api/alarms/{alarm_id}/outcome", response_model=OutcomeOut)
-def outcome(alarm_id: int, body: OutcomeIn, session: SessionDep, user: OperatorDep) -> OutcomeOut:
+def outcome(alarm_id: RowId, body: OutcomeIn, session: SessionDep, user: OperatorDep) -> OutcomeOut:
     """What was done about the alarm; it leaves the queue. A false alarm needs a reason."""
     try:
         alarm = record_outcome(
@@ -99,29 +101,13 @@ def outcome(alarm_id: int, body: OutcomeIn, session: SessionDep, user: OperatorD
 
 
 @router.get("/api/queue", response_model=list[QueueItem])
-def live_queue(session: SessionDep, _user: OperatorDep) -> list[QueueItem]:
-    """Unhandled alarms, most urgent first, then longest waiting first."""
-    return [
-        QueueItem(
-            id=r.alarm.id,
-            kind=r.alarm.kind.value,
-            priority=r.alarm.priority,
-            life_safety=is_life_safety(r.alarm),
-            status=r.alarm.status.value,
-            source=r.alarm.source.value,
-            caller=r.alarm.caller,
-            received_at=r.alarm.received_at,
-            wait_s=r.wait_s,
-            elder_id=r.alarm.elder_id,
-            elder_name=r.elder_name,
-            terminal_serial=r.terminal_serial,
-            case_id=r.alarm.case_id,
-            case_code=r.case_code,
-            claimed_by_id=r.alarm.claimed_by_id,
-            claimed_by=r.claimed_by,
-        )
-        for r in queue(session)
-    ]
+def live_queue(session: ReadSessionDep, user: OperatorDep) -> list[QueueItem]:
+    """Unhandled alarms, most urgent first, then longest waiting first. For supervisors,
+    life-safety alarms nobody has claimed for more than ``HYT_LIFE_SAFETY_FLAG_S`` are flagged."""
+    now = utcnow()
+    supervisor = RANK[user.role] >= RANK[Role.SUPERVISOR]
+    flag_s = get_supervision_settings().life_safety_flag_s
+    return queue_items(queue(session, now=now), now=now, supervisor=supervisor, flag_s=flag_s)
 
 
 def _case_brief(case: Case) -> CaseBrief:
@@ -137,7 +123,7 @@ def _case_brief(case: Case) -> CaseBrief:
 
 
 @router.get("/api/elders/{elder_id}", response_model=ScreenPop)
-def elder_screen_pop(elder_id: int, session: SessionDep, _user: OperatorDep) -> ScreenPop:
+def elder_screen_pop(elder_id: RowId, session: SessionDep, _user: OperatorDep) -> ScreenPop:
     """The screen pop: who is calling, how to reach them, their health, terminal and cases."""
     today = dt.datetime.now(get_settings().tz).date()
     found = screen_pop(session, elder_id=elder_id, today=today)
@@ -210,7 +196,7 @@ def _stream_user(request: Request) -> Operator:
     """Authenticate the event stream with a short session of its own: the shared session
     dependency would keep a database transaction open for the whole life of the stream."""
     token = request.cookies.get(SESSION_COOKIE) or ""
-    with db.session_scope() as session:
+    with db.read_scope() as session:
         user = user_from_token(session, token) if token else None
         if user is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "login required / 请先登录")
@@ -220,38 +206,63 @@ def _stream_user(request: Request) -> Operator:
         return user
 
 
-def _read_marker() -> str:
-    with db.session_factory()() as session:
-        return queue_marker(session)
+# One Server-Sent Event (the schema of each event on the stream, as OpenAPI 3.2 reads it).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+}
 
 
-@router.get("/api/events")
+@router.get(
+    "/api/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}},
+)
 async def events(request: Request) -> StreamingResponse:
-    """Server-Sent Events: an ``alarms`` event whenever an alarm is added, claimed or handled.
+    """Server-Sent Events: an ``alarms`` event whenever an alarm is added, claimed or handled,
+    and, on a supervisor's stream, when a life-safety alarm passes the flag threshold unclaimed.
+    Its data is ``{"marker": …, "queue": [the items of GET /api/queue]}`` (supervisors': also
+    ``"flagged": [alarm ids]``), so the console renders the queue without fetching it; the
+    first event of a stream has the marker only, and the console fetches the queue then.
 
-    Each stream polls the database (a marker of max id, counts and last claim/handle times)
-    every 300 ms instead of listening to an in-memory publisher, so that it sees alarms stored
-    by any web worker, call-handler process or SCAIP ingress. PostgreSQL LISTEN/NOTIFY is the
-    later optimisation."""
-    await asyncio.to_thread(_stream_user, request)
+    The streams of a web process share one poller of the database
+    (:mod:`callcenter.web.live_events`), so that they see alarms stored by any web worker,
+    call-handler process or SCAIP ingress, at the cost of one small query per interval."""
+    user = await asyncio.to_thread(_stream_user, request)
+    supervisor = RANK[user.role] >= RANK[Role.SUPERVISOR]
+    feed = current_feed()
 
     async def stream() -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        started = last_sent = loop.time()
-        marker = await asyncio.to_thread(_read_marker)
-        yield "retry: 500\n\n" + _sse("alarms", {"marker": marker})
-        while loop.time() - started < EVENTS_STREAM_S:
-            await asyncio.sleep(EVENTS_POLL_S)
-            if await request.is_disconnected():
-                return
-            now_marker = await asyncio.to_thread(_read_marker)
-            if now_marker != marker:
-                marker = now_marker
-                last_sent = loop.time()
-                yield _sse("alarms", {"marker": marker})
-            elif loop.time() - last_sent > EVENTS_KEEPALIVE_S:
-                last_sent = loop.time()
-                yield ": keep-alive\n\n"
+        async with feed.listening():
+            started = last_sent = loop.time()
+            # Each stream a little longer or shorter: consoles that connected together (after a
+            # restart) would otherwise all reconnect at the same moment, every time, and an alarm
+            # arriving then would wait for all of them.
+            length = EVENTS_STREAM_S * random.uniform(0.8, 1.2)
+            seen = feed.version
+            snapshot = feed.snapshot
+            key = snapshot.key(supervisor) if snapshot else None
+            # The first event names the marker only: the feed's queue may be minutes old (it is
+            # read when something changes), so a console that just connected fetches the queue.
+            first = json.dumps({"marker": snapshot.marker if snapshot else None})
+            yield "retry: 500\n\n" + _sse("alarms", first)
+            while (elapsed := loop.time() - started) < length:
+                quiet = loop.time() - last_sent
+                timeout = min(EVENTS_KEEPALIVE_S - quiet, length - elapsed)
+                changed = await feed.wait(seen, timeout=max(0.0, timeout))
+                if await request.is_disconnected():
+                    return
+                snapshot = feed.snapshot
+                if changed and snapshot is not None:
+                    seen = feed.version
+                    if snapshot.key(supervisor) != key:
+                        key = snapshot.key(supervisor)
+                        last_sent = loop.time()
+                        yield _sse("alarms", snapshot.data(supervisor))
+                elif loop.time() - last_sent >= EVENTS_KEEPALIVE_S:
+                    last_sent = loop.time()
+                    yield ": keep-alive\n\n"
 
     return StreamingResponse(
         stream(),
@@ -260,5 +271,6 @@ async def events(request: Request) -> StreamingResponse:
     )
 
 
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+def _sse(event: str, data: str) -> str:
+    """One event; ``data`` is JSON on one line (json.dumps writes no newline)."""
+    return f"event: {event}\ndata: {data}\n\n"

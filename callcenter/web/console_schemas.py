@@ -7,6 +7,7 @@ import datetime as dt
 from pydantic import BaseModel, Field
 
 from callcenter.console import Outcome
+from callcenter.web.input_text import InputText
 
 
 class ClaimOut(BaseModel):
@@ -20,8 +21,8 @@ class ClaimOut(BaseModel):
 
 class OutcomeIn(BaseModel):
     outcome: Outcome
-    note: str = Field(default="", max_length=1000)
-    reason: str = Field(default="", max_length=500, description="required for false_alarm")
+    note: InputText = Field(default="", max_length=1000)
+    reason: InputText = Field(default="", max_length=500, description="required for false_alarm")
 
 
 class OutcomeOut(BaseModel):
@@ -48,6 +49,8 @@ class QueueItem(BaseModel):
     case_code: str | None
     claimed_by_id: int | None
     claimed_by: str | None
+    # Shown to supervisors only: a life-safety alarm nobody has claimed past the flag threshold.
+    flagged: bool = False
 
 
 class ContactOut(BaseModel):

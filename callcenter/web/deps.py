@@ -17,3 +17,14 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_read_session(session: SessionDep) -> Session:
+    """The request's session, begun as a read-only unit of work (on SQLite it takes no write
+    lock: ``db.READ_ONLY``). Declare it before any other dependency that queries, so that it
+    begins the transaction; the user lookup of the role check then shares it."""
+    session.connection(execution_options={db.READ_ONLY: True})
+    return session
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from callcenter.models import Operator, Role
+from callcenter.supervision_settings import get_supervision_settings
 from callcenter.web.auth import RANK, SESSION_COOKIE, SESSION_MAX_AGE_S, user_from_token
 from callcenter.web.deps import SessionDep
 from callcenter.web.i18n import LANG_COOKIE, pick_lang, strings
@@ -53,4 +54,5 @@ def console_page(request: Request, session: SessionDep) -> Response:
     user = _operator(request, session)
     if user is None:
         return RedirectResponse("/login?next=/console", status_code=303)
-    return _render(request, "console.html", user=user)
+    flag_s = get_supervision_settings().life_safety_flag_s
+    return _render(request, "console.html", user=user, flag_s=flag_s)

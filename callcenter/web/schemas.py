@@ -6,10 +6,12 @@ import datetime as dt
 
 from pydantic import BaseModel, Field
 
+from callcenter.web.input_text import InputText
+
 
 class LoginIn(BaseModel):
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=256)
+    username: InputText = Field(min_length=1, max_length=64)
+    password: InputText = Field(min_length=1, max_length=256)
 
 
 class UserOut(BaseModel):

@@ -1,4 +1,4 @@
-"""RFC 4733 digits written as a pcap for SIPp's play_pcap_audio.
+"""RFC 4733 digits and G.711 tones written as pcaps for SIPp's play_pcap_audio.
 
 SIPp's bundled recordings carry one fixed RTP timestamp each, so the same digit twice in a row is
 one event to an RFC 4733 receiver (and there are none for A-D). A Contact ID message needs 16
@@ -7,6 +7,7 @@ digits with repeats, at DC-05 speed, so the tests write their own recording.
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -52,6 +53,32 @@ def write_dtmf_pcap(path: Path, digits: str, *, on_ms: int = 60, off_ms: int = 6
                 clock += 0.02
         clock += (on_ms - 20 * (steps - 1) + off_ms) / 1000
         timestamp += (on_ms + off_ms) * 8
+    _write_pcap(path, records)
+    return path
+
+
+def write_tone_pcap(path: Path, hz: float, *, seconds: float, level: float = 0.3,
+                    payload_type: int = 0, ssrc: int = 0x544F4E45) -> Path:  # fmt: skip
+    """A steady sine of ``hz`` as G.711 μ-law RTP (PCMU, payload type 0), 20 ms per packet:
+    a voice stand-in whose frequency tells, at the far end, whose audio arrived."""
+    from aiortp.codecs.g711 import PcmuCodec
+
+    codec = PcmuCodec()
+    records: list[tuple[float, bytes]] = []
+    for n in range(int(seconds / 0.02)):
+        start = n * 160
+        pcm = b"".join(
+            struct.pack("<h", int(level * 32767 * math.sin(2 * math.pi * hz * (start + i) / 8000)))
+            for i in range(160)
+        )
+        rtp = struct.pack("!BBHII", 0x80, (0x80 if n == 0 else 0) | payload_type,
+                          (1000 + n) & 0xFFFF, start, ssrc)  # fmt: skip
+        records.append((n * 0.02, rtp + codec.encode(pcm)))
+    _write_pcap(path, records)
+    return path
+
+
+def _write_pcap(path: Path, records: list[tuple[float, bytes]]) -> None:
     out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
     for at, payload in records:
         frame = _frame(payload)
@@ -59,4 +86,3 @@ def write_dtmf_pcap(path: Path, digits: str, *, on_ms: int = 60, off_ms: int = 6
         out += struct.pack("<IIII", seconds, int((at - seconds) * 1e6), len(frame), len(frame))
         out += frame
     path.write_bytes(bytes(out))
-    return path

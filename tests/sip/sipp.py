@@ -204,14 +204,16 @@ def run_sipp(
     rate: float = 1,
     timeout_s: float = 60,
     extra_args: list[str] | None = None,
+    local_port: int | None = None,
 ) -> SippResult:
-    """Run ``scenario`` against ``target``; exit code 0 means every call succeeded."""
+    """Run ``scenario`` against ``target``; exit code 0 means every call succeeded.
+    ``local_port``: SIPp's own SIP port (a terminal answering a call-back where it called from)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scenario.xml"
         path.write_text(scenario, encoding="ascii")
         cmd = [
             "sipp", "-sf", str(path), "-i", "127.0.0.1", "-mi", "127.0.0.1",
-            "-p", str(free_udp_port()), "-mp", str(free_port_pair()),
+            "-p", str(local_port or free_udp_port()), "-mp", str(free_port_pair()),
             "-m", str(calls), "-r", str(rate), "-l", str(max(calls, 1)),
             "-timeout", f"{int(timeout_s)}s", "-timeout_error", "-nostdin",
             "-trace_err", "-error_file", str(Path(tmp) / "errors.log"),
@@ -255,4 +257,48 @@ def scaip_scenario(*, user: str, mrq: str, expect_snu: int = 0, resend: bool = F
         steps.append(f"<send>{message}</send>")
         steps.append('<recv response="200"/>')
     steps.append('<Reference variables="snu"/>')
+    return _scenario(steps)
+
+
+ANSWER = """
+      SIP/2.0 {status}
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]A[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:{user}@[local_ip]:[local_port]>
+{sdp_headers}"""
+ANSWER_SDP = """      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=terminal 53655765 2353687637 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-15
+      a=sendrecv
+"""
+
+
+def answer_scenario(*, user: str, audio_pcap: Path | None = None) -> str:
+    """A terminal called by the centre (a call-back): ring, answer with PCMU, play
+    ``audio_pcap``, and wait for the centre's BYE."""
+    ringing = ANSWER.format(status="180 Ringing", user=user,
+                            sdp_headers="      Content-Length: 0\n")  # fmt: skip
+    ok = ANSWER.format(status="200 OK", user=user, sdp_headers=ANSWER_SDP)
+    steps = [
+        '<recv request="INVITE" crlf="true"/>',
+        f"<send>{_cdata(ringing)}</send>",
+        f'<send retrans="500">{_cdata(ok)}</send>',
+        '<recv request="ACK" rtd="true" crlf="true"/>',
+    ]
+    if audio_pcap is not None:
+        steps.append(f'<nop><action><exec play_pcap_audio="{audio_pcap}"/></action></nop>')
+    steps.append('<recv request="BYE"/>')
+    steps.append(f"<send>{_cdata(OK_TO_REQUEST.format(user=user))}</send>")
     return _scenario(steps)

@@ -230,8 +230,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def start_kamailio(
-    folder: Path, handlers: list[Handler], fake_handler: int, port: int
+    folder: Path,
+    handlers: list[Handler],
+    fake_handler: int,
+    port: int,
+    overrides: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """``overrides``: kamailio.cfg defines (README.md) in place of these tests' own."""
     binary = kamailio_binary()
     dispatcher = folder / "dispatcher.list"
     dispatcher.write_text(
@@ -250,6 +255,7 @@ def start_kamailio(
         "AUTH_REALM": f'"{REALM}"',
         "DS_PING_INTERVAL": "1",
         "CHILDREN": "2",
+        **(overrides or {}),
     }
     cmd = [binary, "-f", str(CONFIG), "-DD", "-E", "-Y", str(run_dir),
            "-P", str(run_dir / "kamailio.pid"), "-m", "64", "-M", "8"]  # fmt: skip

@@ -458,7 +458,9 @@ def test_query_count_does_not_grow_with_volunteers(
         )
         counts.append(len(select_counter))
         assert found
-    assert counts[0] == counts[1] <= 3
+    # Refreshing the elder, its home with the roster token, the roster's reload (three, as the
+    # volunteers changed) and the live load: the same six for 3 or 43 volunteers.
+    assert counts[0] == counts[1] <= 6
 
 
 @given(

@@ -65,7 +65,7 @@ class Centre:
         self._stop = asyncio.Event()
         try:
             async with AsyncExitStack() as stack:
-                await start_all(self.settings, stack, background_jobs=False)
+                await start_all(self.settings, stack, background_jobs=False, scheduler=False)
                 self._ready.set()
                 await self._stop.wait()
         except BaseException as exc:  # reported to the test thread by start()

@@ -15,6 +15,8 @@
     caseId: null,
     catalog: null,
     offersTimer: null,
+    flaggedSeen: new Set(), // flagged alarm ids already announced with a beep
+    voiceTimer: null,
   };
 
   function el(tag, text, cls) {
@@ -78,7 +80,10 @@
 
   // -- queue ---------------------------------------------------------------------------
   async function loadQueue() {
-    const items = await api("GET", "/api/queue");
+    showQueue(await api("GET", "/api/queue"));
+  }
+
+  function showQueue(items) {
     state.queue = items;
     state.loadedAt = performance.now();
     let alert = false;
@@ -103,6 +108,7 @@
       if (!state.shownAt.has(item.id)) state.shownAt.set(item.id, Date.now());
       tr.dataset.shownAt = state.shownAt.get(item.id);
       if (item.life_safety) tr.classList.add("life-safety");
+      if (item.flagged) tr.classList.add("flagged"); // supervisors only: unclaimed too long
       if (item.status === "claimed") tr.classList.add("claimed");
       if (item.claimed_by_id === state.me) tr.classList.add("mine");
       tr.append(el("td", item.priority));
@@ -115,6 +121,7 @@
       wait.dataset.waitS = item.wait_s;
       tr.append(wait);
       const status = el("td", T[`status_${item.status}`] || item.status);
+      if (item.flagged) status.append(el("span", ` ⚠ ${T.flag}`, "flag"));
       if (item.claimed_by) status.append(el("span", ` (${item.claimed_by})`, "muted"));
       tr.append(status);
       const action = el("td");
@@ -134,6 +141,14 @@
     }
     body.replaceChildren(...rows);
     $("queue-empty").hidden = rows.length > 0;
+    const flagged = state.queue.filter((item) => item.flagged);
+    $("flag-banner").hidden = flagged.length === 0;
+    $("flag-banner").textContent = T.flag_banner.replace("{n}", flagged.length)
+      .replace("{s}", $("flag-banner").dataset.flagS);
+    // A supervisor hears it once when a life-safety alarm passes the threshold unclaimed.
+    const newlyFlagged = flagged.filter((item) => !state.flaggedSeen.has(item.id));
+    for (const item of newlyFlagged) state.flaggedSeen.add(item.id);
+    if (newlyFlagged.length) beep();
   }
 
   function tick() {
@@ -160,13 +175,20 @@
   }
 
   function connect() {
-    // The server polls the database for changes, so any web worker can serve this stream.
+    // The server polls the database for changes (one poller per web process), so any web
+    // worker can serve this stream.
     const source = new EventSource("/api/events");
     source.addEventListener("open", () => {
       $("live").textContent = T.live;
       $("live").classList.remove("off");
     });
-    source.addEventListener("alarms", () => loadQueue().catch(() => {}));
+    // Each event carries the whole queue (the server reads it once for every console).
+    source.addEventListener("alarms", (event) => {
+      let data = null;
+      try { data = JSON.parse(event.data); } catch (_) { data = null; }
+      if (data && Array.isArray(data.queue)) showQueue(data.queue);
+      else loadQueue().catch(() => {});
+    });
     // The server ends each stream after a while and the browser reconnects at once: say
     // "offline" only if it stays down. A closed stream (e.g. the login expired) is retried by
     // reloading the queue, which goes to the login page on 401.
@@ -243,8 +265,68 @@
       for (const id of ["pop-facts", "pop-contacts", "pop-terminals", "pop-open-cases",
         "pop-recent-cases"]) $(id).replaceChildren();
     }
+    openVoice(item);
     if (item.case_id) await openCase(item.case_id); else closeCasePanel();
   }
+
+  // -- voice: the operator's SIP phone joined to the elder's call -----------------------
+  const VOICE_ACTIVE = new Set(["requested", "connecting", "connected"]);
+
+  function openVoice(item) {
+    if (state.voiceTimer) clearInterval(state.voiceTimer);
+    state.voiceTimer = null;
+    $("voice-panel").hidden = item.claimed_by_id !== state.me;
+    say("voice-msg", "");
+    $("voice-calls").replaceChildren();
+    if (!$("voice-panel").hidden) refreshVoice().catch(() => {});
+  }
+
+  function voiceLine(call) {
+    const li = el("li", `#${call.id} · ${T["voice_" + call.state] || call.state}`, "voice-call");
+    li.dataset.state = call.state;
+    if (call.mode) li.append(el("span", ` · ${T["voice_mode_" + call.mode] || call.mode}`));
+    if (call.ended_by) li.append(el("span", ` · ${T["voice_ended_by_" + call.ended_by] || ""}`));
+    if (call.reason) li.append(el("div", call.reason, "muted"));
+    if (call.recording_url) {
+      const link = el("a", `${T.voice_recording} (${Math.round(call.recording_s || 0)}${T.seconds})`);
+      link.href = call.recording_url;
+      const player = el("audio");
+      player.controls = true;
+      player.preload = "none";
+      player.src = call.recording_url;
+      li.append(el("br"), link, player);
+    }
+    return li;
+  }
+
+  async function refreshVoice() {
+    const alarm = state.alarm;
+    if (!alarm) return;
+    const calls = await api("GET", `/api/alarms/${alarm.id}/voice`);
+    if (!state.alarm || state.alarm.id !== alarm.id) return;
+    $("voice-calls").replaceChildren(...calls.map(voiceLine));
+    const busy = calls.some((c) => VOICE_ACTIVE.has(c.state));
+    $("voice-connect").disabled = busy;
+    if (busy && !state.voiceTimer) {
+      state.voiceTimer = setInterval(() => refreshVoice().catch(() => {}), 1000);
+    } else if (!busy && state.voiceTimer) {
+      clearInterval(state.voiceTimer);
+      state.voiceTimer = null;
+    }
+  }
+
+  $("voice-connect").addEventListener("click", async () => {
+    if (!state.alarm) return;
+    $("voice-connect").disabled = true;
+    say("voice-msg", T.voice_requested);
+    try {
+      const call = await api("POST", `/api/alarms/${state.alarm.id}/voice`);
+      say("voice-msg", T["voice_" + call.state] || call.state);
+    } catch (error) {
+      say("voice-msg", `${T.voice_failed}: ${error.message}`, true);
+    }
+    await refreshVoice().catch(() => {});
+  });
 
   // -- outcome -------------------------------------------------------------------------
   $("outcome-form").addEventListener("submit", async (event) => {

@@ -3,6 +3,8 @@
 document.getElementById("login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const error = document.getElementById("login-error");
+  error.dataset.text ??= error.textContent;
+  error.textContent = error.dataset.text;
   error.hidden = true;
   const response = await fetch("/api/session", {
     method: "POST",
@@ -13,6 +15,11 @@ document.getElementById("login-form").addEventListener("submit", async (event) =
     }),
   });
   if (!response.ok) {
+    if (response.status === 429) {
+      // Too many failed logins: the server says how long to wait, in both languages.
+      const body = await response.json().catch(() => ({}));
+      if (typeof body.detail === "string") error.textContent = body.detail;
+    }
     error.hidden = false;
     return;
   }
