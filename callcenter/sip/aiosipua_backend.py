@@ -54,6 +54,14 @@ def uri_user(text: str) -> str:
         return ""
 
 
+def request_key(invite: SipRequest) -> str:
+    """From tag and CSeq: the terminal's own request, whatever Via the SIP edge put on top."""
+    from_addr = invite.from_addr
+    tag = (from_addr.tag or "") if from_addr else ""
+    cseq = (invite.headers.get_first("cseq") or "").split()
+    return f"{tag}:{cseq[0] if cseq else ''}"
+
+
 def contact_uri(header: str) -> str:
     """The URI of a Contact header value (``"x" <sip:u@h:p>;expires=60`` → ``sip:u@h:p``)."""
     text = header.split(",", 1)[0].strip()
@@ -359,7 +367,7 @@ class AiosipuaBackend:
             or ((from_addr.display_name or "").strip('" ') if from_addr else ""),
             dialled_user=uri_user(invite.uri),
             source=call.source_addr,
-            branch=invite.via[0].branch or "" if invite.via else "",
+            request_key=request_key(invite),
             received_at=time.time(),
             contact=contact_uri(invite.get_header("contact") or ""),
         )

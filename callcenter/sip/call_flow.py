@@ -207,7 +207,7 @@ class CallFlow:
             Press(
                 source=source,
                 kind=kind,
-                dedup_key=f"sip:{info.call_id}:{info.branch}",
+                dedup_key=f"sip:{info.call_id}:{info.request_key}",
                 caller=info.caller_user or info.caller_display,
                 terminal_id=terminal.id if terminal else None,
                 elder_id=terminal.elder_id if terminal else None,

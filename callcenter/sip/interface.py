@@ -32,7 +32,11 @@ class CallInfo:
     caller_display: str  # display name or P-Asserted-Identity number, may be empty
     dialled_user: str  # user part of the Request-URI: the extension the button dialled
     source: tuple[str, int]  # where the INVITE came from (the terminal or the SIP edge)
-    branch: str  # top Via branch, part of the key that makes a retransmission harmless
+    # The terminal's own request: From tag and CSeq (RFC 3261 §8.2.2.2, merged requests). With
+    # the Call-ID it is the same whichever proxy path the INVITE took, so a retransmission, or
+    # the same INVITE failed over by the SIP edge to another handler, is never a second alarm.
+    # (The top Via branch is the edge's and changes with each handler it tries.)
+    request_key: str
     received_at: float = 0.0  # time.time() when the INVITE arrived (for INVITE→alarm figures)
     contact: str = ""  # the INVITE's Contact URI: where the terminal can be called back
 

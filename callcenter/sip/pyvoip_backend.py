@@ -48,7 +48,7 @@ def call_info(call: HardenedVoIPCall) -> CallInfo:
         caller_display=asserted or caller.display,
         dialled_user=uri_user(req.uri),
         source=req.source,
-        branch=req.branch,
+        request_key=f"{req.from_tag}:{req.cseq}",
     )
 
 

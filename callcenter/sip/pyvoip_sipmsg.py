@@ -299,6 +299,11 @@ class HardenedSIPMessage(SIP.SIPMessage):
         return int(self.headers["CSeq"]["check"]) if "CSeq" in self.headers else 0
 
     @property
+    def from_tag(self) -> str:
+        value = self.headers.get("From")
+        return str(value["tag"]) if isinstance(value, dict) else ""
+
+    @property
     def to_tag(self) -> str:
         to = self.headers.get("To")
         return str(to["tag"]) if isinstance(to, dict) else ""
