@@ -1,4 +1,4 @@
-"""``kill -9`` of the call handler in the middle of a SCAIP storm (issues #3 and #7).
+"""``kill -9`` of the call handler, and of the SCAIP ingress, in the middle of a SCAIP storm
 
 A terminal that gets no 200 sends its MESSAGE again (as SCAIP devices do, and as RFC 3261's
 non-INVITE client transaction does every 500 ms); the handler is killed without warning while
@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -37,7 +38,7 @@ RATE = 100.0  # messages/s: the storm is sent in 3 s, the kill comes 1 s in
 RETRY_S = 0.5
 
 
-def handler_env(url: str, port: int) -> dict[str, str]:
+def handler_env(url: str, port: int, command: str = "sip") -> dict[str, str]:
     return {
         **os.environ,
         "HYT_ENV": "test",
@@ -45,16 +46,19 @@ def handler_env(url: str, port: int) -> dict[str, str]:
         "HYT_DATABASE_URL": url,
         "HYT_SIP_HOST": "127.0.0.1",
         "HYT_SIP_PORT": str(port),
-        "HYT_SCAIP_PORT": str(free_udp_port()),
+        # `hyt scaip` (the SCAIP ingress alone) listens on HYT_SCAIP_PORT.
+        "HYT_SCAIP_PORT": str(port if command == "scaip" else free_udp_port()),
         "HYT_LOG_JSON": "1",
     }
 
 
 @contextmanager
-def handler(url: str, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def handler(
+    url: str, port: int, log: Path, command: str = "sip"
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("a") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "callcenter", "sip"],
-                                env=handler_env(url, port), cwd=ROOT, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "callcenter", command],
+                                env=handler_env(url, port, command), cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
     try:
         yield proc
@@ -153,8 +157,9 @@ class Terminal:
             self.resend_unanswered()
 
 
+@pytest.mark.parametrize("command", ["sip", "scaip"])  # the call handler; the SCAIP ingress
 def test_kill_9_mid_storm_loses_nothing_acknowledged_and_stores_each_once(
-    fresh_postgres_url: str, tmp_path: Path
+    fresh_postgres_url: str, tmp_path: Path, command: str
 ) -> None:
     engine = db.make_engine(fresh_postgres_url)
     user, _elder_id, terminal_id, account = seed_terminals(engine)[TerminalProtocol.SCAIP]
@@ -164,7 +169,7 @@ def test_kill_9_mid_storm_loses_nothing_acknowledged_and_stores_each_once(
     receiver = threading.Thread(target=terminal.receive, daemon=True)
     acked_before_kill: set[str] = set()
     try:
-        with handler(fresh_postgres_url, port, log) as first:
+        with handler(fresh_postgres_url, port, log, command) as first:
             wait_ready(port, first, log)
             receiver.start()
             start = time.monotonic()
@@ -178,7 +183,7 @@ def test_kill_9_mid_storm_loses_nothing_acknowledged_and_stores_each_once(
                         acked_before_kill = set(terminal.acked_at)
                     break
                 time.sleep(max(0.0, start + ref / RATE - time.monotonic()))
-        with handler(fresh_postgres_url, port, log) as second:
+        with handler(fresh_postgres_url, port, log, command) as second:
             wait_ready(port, second, log)
             back_after = time.monotonic() - killed_at
             for ref in range(int(RATE) + 1, MESSAGES + 1):  # the storm goes on
