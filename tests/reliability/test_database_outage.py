@@ -23,7 +23,7 @@ from tests.sip.conftest import seed_terminals
 from tests.sip.sipp import free_udp_port
 
 BEFORE, DURING = 40, 40
-OUTAGE_S = 8.0  # the issue says 30 s; 8 s already spans sixteen retries of every message
+OUTAGE_S = 30.0  # as the issue asks: PostgreSQL stopped for 30 s
 
 
 def test_a_database_outage_acknowledges_nothing_unstored_and_loses_nothing(
@@ -60,7 +60,7 @@ def test_a_database_outage_acknowledges_nothing_unstored_and_loses_nothing(
                     acked_while_down = {c for c, at in terminal.acked_at.items() if at > stopped_at}
                 server.start()
 
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + 90  # cached 500s expire (RFC 3261 Timer J)
                 while len(terminal.acked_at) < BEFORE + DURING and time.monotonic() < deadline:
                     time.sleep(0.2)
                 assert proc.poll() is None, "the handler died instead of reconnecting"
