@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests use as real peers. Installed only when missing (needs root or sudo).
 set -euo pipefail
-packages=(sip-tester kamailio chromium fonts-wqy-microhei)
+# Extra packages may be named on the command line (scripts/bench-deps.sh does).
+packages=(sip-tester kamailio chromium fonts-wqy-microhei "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
