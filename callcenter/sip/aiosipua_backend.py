@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import time
 from collections import deque
@@ -102,6 +103,9 @@ def enlarge_receive_buffer(sock: socket.socket | None, size: int = SIP_RCVBUF) -
     return granted
 
 
+PORT_ATTEMPTS = 16  # RTP ports tried for one call before it is refused with 500
+
+
 class PortPool:
     """Even RTP ports (RTCP takes the odd one above), handed out and always given back."""
 
@@ -158,18 +162,29 @@ class AiosipuaCall:
             # No PCMU, no RTP address, or no telephone-event: we could not hear a digit.
             await self.reject(488, "Not Acceptable Here")
             raise CallEnded(self._info.call_id)
-        self._port = self._backend.ports.acquire()
         try:
-            self._session = CallSession(
-                self._backend.media_host,
-                self._port,
-                offer,
-                advertised_ip=self._backend.advertised_host,
-                supported_codecs=[PCMU],  # the default [0, 8] would pick PCMA when offered first
-                dtmf_payload_type=te,  # follow the offer's number, or every digit is lost
-            )
-            self._session.on_dtmf = self._on_dtmf
-            await self._session.start()  # bind RTP before the 200 announces it
+            for attempt in range(PORT_ATTEMPTS):
+                self._port = self._backend.ports.acquire()
+                self._session = CallSession(
+                    self._backend.media_host,
+                    self._port,
+                    offer,
+                    advertised_ip=self._backend.advertised_host,
+                    supported_codecs=[PCMU],  # the default [0, 8] picks PCMA when offered first
+                    dtmf_payload_type=te,  # follow the offer's number, or every digit is lost
+                )
+                self._session.on_dtmf = self._on_dtmf
+                try:
+                    await self._session.start()  # bind RTP before the 200 announces it
+                    break
+                except OSError as exc:
+                    # Another program holds this port (the range is shared with the machine):
+                    # give it back to the end of the pool and take the next one.
+                    if exc.errno != errno.EADDRINUSE or attempt == PORT_ATTEMPTS - 1:
+                        raise
+                    log.warning("rtp.port_in_use", port=self._port, call_id=self._info.call_id)
+                    await self._release_media()
+            assert self._session is not None
             guard_dtmf_receiver(self._session.rtp_session, self._on_bad_dtmf)
         except (SdpNegotiationError, ValueError, OSError) as exc:
             log.warning("sip.media_failed", call_id=self._info.call_id, reason=repr(exc)[:200])
