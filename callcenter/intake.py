@@ -116,6 +116,17 @@ def store_alarm(
     existing = _already_stored(session, press, now, retry_window_s)
     if existing is not None:
         return _recorded(session, existing, duplicate=True, attached=existing.case_id is not None)
+    alarm = new_alarm(press, now)
+    session.add(alarm)
+    session.flush()
+    if press.terminal_id is not None:
+        touch(session, press.terminal_id, now, press.battery_pct)
+    attached = _link_case(session, alarm, press, now, repeat_window_s)
+    return _recorded(session, alarm, duplicate=False, attached=attached)
+
+
+def new_alarm(press: Press, now: dt.datetime) -> Alarm:
+    """The row for ``press``, not yet added to a session (both intake paths build it here)."""
     alarm = Alarm(
         received_at=now,
         source=press.source,
@@ -128,16 +139,12 @@ def store_alarm(
         device_time=press.device_time,
         raw={**press.raw, "fingerprint": press.fingerprint} if press.fingerprint else press.raw,
         dedup_key=press.dedup_key,
+        status=AlarmStatus.NEW,
     )
     if press.kind is AlarmKind.TEST:
         alarm.status = AlarmStatus.HANDLED  # nothing for an operator to do
         alarm.handled_at = now
-    session.add(alarm)
-    session.flush()
-    if press.terminal_id is not None:
-        touch(session, press.terminal_id, now, press.battery_pct)
-    attached = _link_case(session, alarm, press, now, repeat_window_s)
-    return _recorded(session, alarm, duplicate=False, attached=attached)
+    return alarm
 
 
 def log_stored(press: Press, recorded: Recorded) -> None:

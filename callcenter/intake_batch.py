@@ -25,12 +25,10 @@ from sqlalchemy.orm import Session
 
 from callcenter.cases import CODE_ALPHABET, OPEN_STATES, add_event
 from callcenter.db import utcnow
-from callcenter.intake import CASE_KIND_FOR, Press, Recorded
+from callcenter.intake import CASE_KIND_FOR, Press, Recorded, new_alarm
 from callcenter.models import (
-    PRIORITY_BY_KIND,
     Alarm,
     AlarmKind,
-    AlarmStatus,
     Case,
     CaseKind,
     CaseState,
@@ -86,7 +84,7 @@ def store_alarms(
             else:
                 outcomes.append(_Outcome(existing, True, existing.case_id is not None))
             continue
-        alarm = _new_alarm(press, now)
+        alarm = new_alarm(press, now)
         new_alarms.append(alarm)
         by_key[press.dedup_key] = alarm
         if press.terminal_id is not None:
@@ -195,27 +193,6 @@ def _touch_terminals(session: Session, touches: dict[int, int | None], now: dt.d
 
 
 # -- one press, in memory ----------------------------------------------------------------------
-
-
-def _new_alarm(press: Press, now: dt.datetime) -> Alarm:
-    alarm = Alarm(
-        received_at=now,
-        source=press.source,
-        kind=press.kind,
-        priority=PRIORITY_BY_KIND[press.kind],
-        terminal_id=press.terminal_id,
-        elder_id=press.elder_id,
-        caller=press.caller[:128],
-        event_code=press.event_code,
-        device_time=press.device_time,
-        raw={**press.raw, "fingerprint": press.fingerprint} if press.fingerprint else press.raw,
-        dedup_key=press.dedup_key,
-        status=AlarmStatus.NEW,
-    )
-    if press.kind is AlarmKind.TEST:
-        alarm.status = AlarmStatus.HANDLED
-        alarm.handled_at = now
-    return alarm
 
 
 def _open_case_for(
