@@ -106,6 +106,21 @@ class Database:
         self.admin.dispose()
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat's first line: the
+    difference of two readings tells how busy the whole machine was in between, other jobs
+    included."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Percent of the machine's CPU (all cores) busy between two :func:`machine_busy`."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total * 100 if total else float("nan")
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -130,8 +145,15 @@ def start_rtp_sink(port: int) -> subprocess.Popen[bytes]:
 
 
 def start_handler(
-    database: Database, backend: str, port: int, log: Path, extra_env: dict[str, str] | None = None
+    database: Database,
+    backend: str,
+    port: int,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+    command: str = "sip",
 ) -> subprocess.Popen[bytes]:
+    """``hyt sip`` listening on ``port``; ``command="scaip"``: ``hyt scaip`` (the SCAIP ingress
+    alone) listening on ``port``."""
     rtp = free_port_pair()
     env = {
         **os.environ,
@@ -140,7 +162,7 @@ def start_handler(
         "HYT_DATABASE_URL": database.url,
         "HYT_SIP_BACKEND": backend,
         "HYT_SIP_PORT": str(port),
-        "HYT_SCAIP_PORT": str(free_udp_port()),
+        "HYT_SCAIP_PORT": str(port if command == "scaip" else free_udp_port()),
         "HYT_RTP_PORT_LOW": "30000",
         "HYT_RTP_PORT_HIGH": "39999",
         "HYT_LOG_LEVEL": "WARNING",
@@ -148,11 +170,13 @@ def start_handler(
         **(extra_env or {}),
     }
     del rtp
-    proc = subprocess.Popen([sys.executable, "-m", "callcenter", "sip"], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "callcenter", command], env=env, cwd=ROOT,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.monotonic() + 30
     while options_status("127.0.0.1", port, 0.5) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()  # still starting after 30 s: not left behind
+            proc.wait()
             raise RuntimeError(f"handler did not start: {log.read_text()[-2000:]}")
     return proc
 
@@ -219,8 +243,10 @@ def against_handler(
         proc = start_handler(database, backend, port, workdir / "handler.log", extra_env)
         sink = start_rtp_sink(rtp_sink_port) if rtp_sink_port else None
         profile = os.environ.get("BENCH_PROFILE")  # a py-spy flame graph of the handler
-        spy_cmd = ["py-spy", "record", "-p", str(proc.pid), "-o", str(profile), "-r", "200",
-                   "--format", "raw"]  # fmt: skip
+        # BENCH_PROFILE_ARGS: more py-spy options, e.g. "--gil" for the GIL holder only.
+        spy_cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(proc.pid),
+                   "-o", str(profile), "-r", "200", "--format", "raw",
+                   *os.environ.get("BENCH_PROFILE_ARGS", "").split()]  # fmt: skip
         spy = subprocess.Popen(spy_cmd) if profile else None
         try:
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()

@@ -50,8 +50,10 @@ from sqlalchemy.orm import Session
 from storm import (
     Database,
     Row,
+    busy_share,
     call_row,
     cpu_seconds,
+    machine_busy,
     options_status,
     percentile,
     run_sipp,
@@ -86,7 +88,7 @@ DISPATCHED = re.compile(
 )
 # What the edge logs when it could not place a call (kamailio.cfg) or ran short of memory.
 EDGE_TROUBLE = {
-    "handler did not answer (marked down)": "did not answer",
+    "handler did not answer in time": "did not answer",
     "handler answered 5xx": "answered INVITE with",
     "no handler up / left": "no handler",
     "out of shared/private memory": "out of memory",
@@ -356,7 +358,7 @@ def edge_storm(
             ]
             for probe in probes:
                 probe.start()
-            drops0, t0 = udp_receive_errors(), time.monotonic()
+            drops0, t0, busy0 = udp_receive_errors(), time.monotonic(), machine_busy()
             jobs: list[dict[str, object]] = []
             for i, (part, local_port) in enumerate(zip(slices, local_ports, strict=True)):
                 (folder / f"calls-{i}").mkdir()
@@ -377,7 +379,10 @@ def edge_storm(
             socket_drops = watch.stop()
             notes.extend(probe.stop() for probe in probes)
             notes.append(
-                "load average at the end: " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+                f"whole machine ({os.cpu_count()} cores) busy"
+                f" {busy_share(busy0, machine_busy()):.0f} % during the storm, every process"
+                " counted; load average at the end: "
+                + " ".join(f"{x:.1f}" for x in os.getloadavg())
             )
         finally:
             sink.terminate()

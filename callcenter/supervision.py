@@ -9,6 +9,10 @@ for an alarm handled straight from the queue without a claim, by the outcome. It
 when the *terminal* was told (kiss-off, prompt), which the call handler does by itself before any
 operator hears of the alarm. Periodic test reports (stored handled, never in the queue) are not
 counted.
+
+The dataclasses here are also the JSON API's shapes (``/api/supervisor`` names
+:class:`SupervisorReport` as its response model): pydantic reads their fields, in order, for the
+answer and the OpenAPI schema, so a field added here is documented and served at once.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import datetime as dt
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from pydantic import computed_field
 from sqlalchemy import ColumnElement, distinct, func, select
 from sqlalchemy.orm import Session
 
@@ -96,8 +101,10 @@ class ThresholdShare:
     missed: int  # answered later, or still unanswered and already waiting longer
     pending: int  # unanswered and not yet past the threshold: counted neither way yet
 
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented stacking
     @property
     def share(self) -> float | None:
+        """met / (met + missed); None when nothing can be judged yet."""
         judged = self.met + self.missed
         return self.met / judged if judged else None
 
@@ -360,6 +367,7 @@ class SupervisorReport:
     alarms: list[KindCounts]
     cases: list[KindCounts]
     compliance: list[Compliance]
+    answer_within_s: list[int]
     late_cases_count: int
     late_cases: list[LateCase]
     silent_terminals_count: int
@@ -369,7 +377,6 @@ class SupervisorReport:
     on_duty: OnDuty
     unclaimed_life_safety: list[WaitingAlarm]
     flag_after_s: int
-    answer_within_s: list[int] = field(default_factory=list)
 
 
 def supervisor_report(
@@ -391,6 +398,7 @@ def supervisor_report(
         alarms=alarms_by_kind(session, day),
         cases=cases_by_kind(session, day),
         compliance=answer_compliance(session, day, now=now, within=within),
+        answer_within_s=list(within),
         late_cases_count=late_count,
         late_cases=late,
         silent_terminals_count=silent_count,
@@ -400,5 +408,4 @@ def supervisor_report(
         on_duty=volunteers_on_duty(session, now=now, tz=tz),
         unclaimed_life_safety=unclaimed_life_safety(session, now=now, older_than_s=flag_after_s),
         flag_after_s=flag_after_s,
-        answer_within_s=list(within),
     )

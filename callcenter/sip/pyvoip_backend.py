@@ -49,6 +49,10 @@ def call_info(call: HardenedVoIPCall) -> CallInfo:
         dialled_user=uri_user(req.uri),
         source=req.source,
         request_key=f"{req.from_tag}:{req.cseq}",
+        # pyVoIP's own SIPClient keeps no receipt time; our transport (HardenedSIPClient) reads
+        # the socket itself and stamps each message, so this is when the INVITE arrived, not
+        # when pyVoIP's callback thread got round to the call.
+        received_at=req.received_at,
     )
 
 

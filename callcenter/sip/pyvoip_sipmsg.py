@@ -212,6 +212,7 @@ class HardenedSIPMessage(SIP.SIPMessage):
         self.content = b""
         self.bad_request: str | None = None  # why we answer 400 (RFC 3261 §21.4.1)
         self.source: tuple[str, int] = ("", 0)
+        self.received_at = 0.0  # time.time() when our socket read it (set by the transport)
         super().__init__(data)  # calls self.parse
 
     def parse(self, data: bytes) -> None:

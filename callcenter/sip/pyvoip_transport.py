@@ -192,12 +192,16 @@ class HardenedSIPClient(SIP.SIPClient):
                 raw, source = self.s.recvfrom(65535)  # stock recv(8192) truncates
             except (OSError, ValueError):
                 continue  # closed under us by stop(): the loop condition ends it
+            # Read at once, before parsing: the earliest moment we know of an INVITE (its
+            # CallInfo.received_at, the alarm's invite_at). The default backend stamps it in its
+            # INVITE callback, after aiosipua's parse: the same event, a parse later.
+            received_at = time.time()
             try:
-                self.handle_datagram(raw, source)
+                self.handle_datagram(raw, source, received_at)
             except Exception:
                 log.exception("pyvoip.sip.handler_failed", source=f"{source[0]}:{source[1]}")
 
-    def handle_datagram(self, raw: bytes, source: tuple[str, int]) -> None:
+    def handle_datagram(self, raw: bytes, source: tuple[str, int], received_at: float) -> None:
         if not raw.strip(b"\r\n\x00 \t"):
             return  # RFC 5626 §4.4.1 CRLF keep-alive, or a NUL ping
         try:
@@ -207,6 +211,7 @@ class HardenedSIPClient(SIP.SIPClient):
                         error=str(exc)[:160])  # fmt: skip
             return
         msg.source = source
+        msg.received_at = received_at
         if msg.type == SIP.SIPMessageType.RESPONSE:
             if not self.allowed_sources or source[0] in self.allowed_sources:
                 self._on_response(msg)

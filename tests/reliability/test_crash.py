@@ -9,16 +9,10 @@ the new process), none twice, and the service was back within 10 s.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,55 +23,13 @@ from sqlalchemy.orm import Session
 from callcenter import db
 from callcenter.models import Alarm, AlarmSource
 from devices.models import TerminalProtocol
-from tests.sip.conftest import options_status, seed_terminals
+from tests.sip.handler_process import seed_terminals, start_handler
 from tests.sip.sipp import free_udp_port
 
-ROOT = Path(__file__).parents[2]
 MESSAGES = 300
 RATE = 100.0  # messages/s: the storm is sent in 3 s, the kill comes 1 s in
 RETRY_S = 0.5
-
-
-def handler_env(url: str, port: int, command: str = "sip") -> dict[str, str]:
-    return {
-        **os.environ,
-        "HYT_ENV": "test",
-        "HYT_SECRET_KEY": "test-secret-key-0123456789-abcdefghijklmnop",
-        "HYT_DATABASE_URL": url,
-        "HYT_SIP_HOST": "127.0.0.1",
-        "HYT_SIP_PORT": str(port),
-        # `hyt scaip` (the SCAIP ingress alone) listens on HYT_SCAIP_PORT.
-        "HYT_SCAIP_PORT": str(port if command == "scaip" else free_udp_port()),
-        "HYT_LOG_JSON": "1",
-    }
-
-
-@contextmanager
-def handler(
-    url: str, port: int, log: Path, command: str = "sip"
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("a") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "callcenter", command],
-                                env=handler_env(url, port, command), cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path, limit: float = 30) -> float:
-    started = time.monotonic()
-    while options_status("127.0.0.1", port, 0.3) != 200:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() - started < limit, "handler did not come up"
-    return time.monotonic() - started
+JSON_LOG = {"HYT_LOG_JSON": "1"}
 
 
 @dataclass
@@ -169,22 +121,22 @@ def test_kill_9_mid_storm_loses_nothing_acknowledged_and_stores_each_once(
     receiver = threading.Thread(target=terminal.receive, daemon=True)
     acked_before_kill: set[str] = set()
     try:
-        with handler(fresh_postgres_url, port, log, command) as first:
-            wait_ready(port, first, log)
+        with start_handler(
+            fresh_postgres_url, log, command=command, port=port, env=JSON_LOG
+        ) as first:
             receiver.start()
             start = time.monotonic()
             for ref in range(1, MESSAGES + 1):
                 terminal.message(ref)
                 if ref == int(RATE):  # a second into the storm, without warning
-                    first.send_signal(signal.SIGKILL)
-                    first.wait()
+                    first.kill()
                     killed_at = time.monotonic()
                     with terminal.lock:
                         acked_before_kill = set(terminal.acked_at)
                     break
                 time.sleep(max(0.0, start + ref / RATE - time.monotonic()))
-        with handler(fresh_postgres_url, port, log, command) as second:
-            wait_ready(port, second, log)
+        # The same port and log: the terminal's retries go to the new process.
+        with start_handler(fresh_postgres_url, log, command=command, port=port, env=JSON_LOG):
             back_after = time.monotonic() - killed_at
             for ref in range(int(RATE) + 1, MESSAGES + 1):  # the storm goes on
                 terminal.message(ref)

@@ -18,8 +18,8 @@ from callcenter import db, migrate
 from callcenter.models import Alarm, AlarmSource
 from devices.models import TerminalProtocol
 from tests.reliability.private_postgres import private_postgres
-from tests.reliability.test_crash import Terminal, handler, wait_ready
-from tests.sip.conftest import seed_terminals
+from tests.reliability.test_crash import JSON_LOG, Terminal
+from tests.sip.handler_process import seed_terminals, start_handler
 from tests.sip.sipp import free_udp_port
 
 BEFORE, DURING = 40, 40
@@ -39,8 +39,7 @@ def test_a_database_outage_acknowledges_nothing_unstored_and_loses_nothing(
         terminal = Terminal(user, account or user, port)
         receiver = threading.Thread(target=terminal.receive, daemon=True)
         try:
-            with handler(server.url, port, log) as proc:
-                wait_ready(port, proc, log)
+            with start_handler(server.url, log, port=port, env=JSON_LOG) as handler:
                 receiver.start()
                 for ref in range(1, BEFORE + 1):
                     terminal.message(ref)
@@ -63,7 +62,7 @@ def test_a_database_outage_acknowledges_nothing_unstored_and_loses_nothing(
                 deadline = time.monotonic() + 90  # cached 500s expire (RFC 3261 Timer J)
                 while len(terminal.acked_at) < BEFORE + DURING and time.monotonic() < deadline:
                     time.sleep(0.2)
-                assert proc.poll() is None, "the handler died instead of reconnecting"
+                assert handler.running(), "the handler died instead of reconnecting"
         finally:
             terminal.stop.set()
             receiver.join(5)

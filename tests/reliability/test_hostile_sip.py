@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 from callcenter.models import Alarm, AlarmKind
 from devices import scaip
 from devices.models import TerminalProtocol
-from tests.reliability.handler_process import Handler, running_handler
 from tests.reliability.hostile_inputs import (
     CLASSES,
     JUNK_USER,
@@ -38,36 +37,40 @@ from tests.reliability.hostile_inputs import (
     sip_junk,
 )
 from tests.reliability.udp_peer import UdpPeer, header, sip_request
-from tests.sip.conftest import options_ok
+from tests.sip.handler_process import Centre, options_ok, running_centre
 from tests.sip.raw import answered_rtp_port, dtmf_event_packets
 
 SEED = 20261128
 JUNK_PER_CLASS = 22  # 10 classes: 220 datagrams
 RTP_JUNK = 220
 WARNING_LEVELS = {"warning", "error", "critical"}
+# JSON lines: the log is read for a warning per class of rejected input.
+HANDLER_ENV = {"HYT_LIFE_SAFETY_HOLD_S": "10", "HYT_LOG_JSON": "1"}
 
 
 @pytest.fixture(params=["aiosipua", "pyvoip"])
 def handler(
     request: pytest.FixtureRequest, fresh_postgres_url: str, tmp_path: Path
-) -> Iterator[Handler]:
-    with running_handler(fresh_postgres_url, request.param, tmp_path / "handler.log") as running:
+) -> Iterator[Centre]:
+    log = tmp_path / "handler.log"
+    with running_centre(fresh_postgres_url, request.param, log, HANDLER_ENV) as running:
         yield running
 
 
 @pytest.fixture
-def aiosipua_handler(fresh_postgres_url: str, tmp_path: Path) -> Iterator[Handler]:
+def aiosipua_handler(fresh_postgres_url: str, tmp_path: Path) -> Iterator[Centre]:
     """SCAIP is parsed by the same aiosipua listener whichever backend takes the calls."""
-    with running_handler(fresh_postgres_url, "aiosipua", tmp_path / "handler.log") as running:
+    log = tmp_path / "handler.log"
+    with running_centre(fresh_postgres_url, "aiosipua", log, HANDLER_ENV) as running:
         yield running
 
 
-def alarms(handler: Handler) -> list[Alarm]:
+def alarms(handler: Centre) -> list[Alarm]:
     with Session(handler.engine) as s:
         return list(s.scalars(select(Alarm).order_by(Alarm.id)))
 
 
-def wait_for_alarms(handler: Handler, count: int, timeout: float = 10.0) -> list[Alarm]:
+def wait_for_alarms(handler: Centre, count: int, timeout: float = 10.0) -> list[Alarm]:
     deadline = time.monotonic() + timeout
     while True:
         found = alarms(handler)
@@ -76,7 +79,7 @@ def wait_for_alarms(handler: Handler, count: int, timeout: float = 10.0) -> list
         time.sleep(0.1)
 
 
-def warnings_from(handler: Handler, source_port: int) -> list[dict[str, Any]]:
+def warnings_from(handler: Centre, source_port: int) -> list[dict[str, Any]]:
     """Warning lines whose ``source`` is the given local port of ours."""
     return [
         event
@@ -87,7 +90,7 @@ def warnings_from(handler: Handler, source_port: int) -> list[dict[str, Any]]:
 
 
 def send_scaip(
-    peer: UdpPeer, handler: Handler, ref: str, *, stc: str = "0010", mty: str = "ME"
+    peer: UdpPeer, handler: Centre, ref: str, *, stc: str = "0010", mty: str = "ME"
 ) -> tuple[str, bytes]:
     user = handler.terminals[TerminalProtocol.SCAIP][0]
     body = scaip.build_mrq(ref=ref, cid=user, dty="0003", mty=mty, stc=stc)
@@ -97,7 +100,7 @@ def send_scaip(
     return branch, body
 
 
-def check_valid_scaip(peer: UdpPeer, handler: Handler, ref: str, **kwargs: str) -> None:
+def check_valid_scaip(peer: UdpPeer, handler: Centre, ref: str, **kwargs: str) -> None:
     branch, _ = send_scaip(peer, handler, ref, **kwargs)
     final = peer.final(branch, timeout=10)
     assert final is not None and final.status == 200, f"valid SCAIP {ref}: {final}"
@@ -105,7 +108,7 @@ def check_valid_scaip(peer: UdpPeer, handler: Handler, ref: str, **kwargs: str) 
     assert mrs is not None and mrs.snu == 0, f"valid SCAIP {ref}: <mrs> {mrs}"
 
 
-def extension_call(peer: UdpPeer, handler: Handler, media: socket.socket) -> str:
+def extension_call(peer: UdpPeer, handler: Centre, media: socket.socket) -> str:
     """A valid call from the extension terminal dialling its service number: answered 200."""
     user = handler.terminals[TerminalProtocol.EXTENSION][0]
     branch, data = sip_request("INVITE", handler.address, peer.port, user=user, dialled="200",
@@ -126,7 +129,7 @@ def extension_call(peer: UdpPeer, handler: Handler, media: socket.socket) -> str
 
 
 def test_malformed_sip_leaves_the_handler_serving_and_stores_only_valid_alarms(
-    handler: Handler,
+    handler: Centre,
 ) -> None:
     valid = UdpPeer()
     peers = {kind: UdpPeer() for kind in CLASSES}  # one source port per class: logs name it
@@ -212,7 +215,7 @@ def _last_answer(statuses: list[int]) -> str:
 # -- RTP ---------------------------------------------------------------------------------------
 
 
-def test_malformed_rtp_in_a_call_loses_no_digit_and_makes_no_press(handler: Handler) -> None:
+def test_malformed_rtp_in_a_call_loses_no_digit_and_makes_no_press(handler: Centre) -> None:
     user, elder_id, terminal_id, _ = handler.terminals[TerminalProtocol.DTMF]
     peer = UdpPeer()
     media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -294,7 +297,7 @@ def entity_server() -> Iterator[str]:
 
 
 def test_hostile_scaip_bodies_are_refused_clearly_and_nothing_leaks(
-    aiosipua_handler: Handler, entity_server: str
+    aiosipua_handler: Centre, entity_server: str
 ) -> None:
     handler = aiosipua_handler
     user = handler.terminals[TerminalProtocol.SCAIP][0]

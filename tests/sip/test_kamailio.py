@@ -19,10 +19,8 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,9 +38,9 @@ from callcenter.models import Alarm, AlarmKind
 from devices.models import TerminalProtocol
 from tests.conftest import _fresh_postgres
 from tests.factories import make_elder, make_terminal
-from tests.sip.conftest import options_status
+from tests.sip.handler_process import Handler, options_status, start_handler, stop
 from tests.sip.raw import RawSip
-from tests.sip.sipp import SippResult, call_scenario, free_port_pair, free_udp_port, run_sipp
+from tests.sip.sipp import SippResult, call_scenario, free_port_pair, run_sipp
 
 BACKENDS = ["aiosipua", "pyvoip"]
 ROOT = Path(__file__).parents[2]
@@ -56,6 +54,8 @@ pytestmark = pytest.mark.slow
 
 
 # -- the processes -------------------------------------------------------------------------------
+# The handlers are tests/sip/handler_process.py's (bench/storm_edge.py takes Handler and stop
+# from here).
 
 
 @dataclass
@@ -64,18 +64,6 @@ class Terminal:
     password: str
     elder_id: int
     terminal_id: int
-
-
-@dataclass
-class Handler:
-    port: int
-    scaip_port: int  # where MESSAGE goes: the handler's own port, or pyVoIP's SCAIP listener
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def uri(self) -> str:
-        return f"sip:127.0.0.1:{self.port}"
 
 
 @dataclass
@@ -173,62 +161,6 @@ def seed(engine: Engine) -> dict[TerminalProtocol, list[Terminal]]:
     return seeded
 
 
-def start_handler(backend: str, url: str, rtp_low: int, folder: Path) -> Handler:
-    port, scaip_port = free_udp_port(), free_udp_port()
-    env = {
-        **os.environ,
-        "HYT_ENV": "test",
-        "HYT_SECRET_KEY": "test-secret-key-0123456789-abcdefghijklmnop",
-        "HYT_DATABASE_URL": url,
-        "HYT_SIP_BACKEND": backend,
-        "HYT_SIP_HOST": "127.0.0.1",
-        "HYT_SIP_PORT": str(port),
-        "HYT_SCAIP_PORT": str(scaip_port),
-        "HYT_SIP_REGISTRAR": EDGE_IP,
-        "HYT_RTP_PORT_LOW": str(rtp_low),
-        "HYT_RTP_PORT_HIGH": str(rtp_low + 198),
-        "HYT_LIFE_SAFETY_HOLD_S": "15",
-    }
-    log = folder / f"handler-{port}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "callcenter", "sip"], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    # aiosipua answers MESSAGE on its call socket; with pyVoIP `hyt sip` adds a SCAIP listener.
-    return Handler(port, scaip_port if backend == "pyvoip" else port, proc, log)
-
-
-def ready(handler: Handler) -> bool:
-    """Wait for the handler to answer; False if it lost a race for its free port."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    for port in {handler.port, handler.scaip_port}:
-        # Any answer will do (the edge filter may refuse 127.0.0.1); ask as the edge.
-        while options_status("127.0.0.1", port, 0.5, source=EDGE_IP) is None:
-            if handler.proc.poll() is not None or time.monotonic() > deadline:
-                stop(handler.proc)
-                if "Address already in use" in handler.log.read_text():
-                    return False  # another process took the port between our check and bind
-                raise RuntimeError(f"handler did not start:\n{handler.log.read_text()[-3000:]}")
-    return True
-
-
-def start_ready_handler(backend: str, url: str, rtp_low: int, folder: Path) -> Handler:
-    for _ in range(3):
-        handler = start_handler(backend, url, rtp_low, folder)
-        if ready(handler):
-            return handler
-    raise RuntimeError(f"no free port for a handler:\n{handler.log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def start_kamailio(
     folder: Path,
     handlers: list[Handler],
@@ -289,8 +221,11 @@ def edge(
         rtp_low = max(21000, rtp - rtp % 1000)
         handlers: list[Handler] = []
         for i in range(2):
-            handlers.append(start_ready_handler(request.param, url, rtp_low + 200 * i, folder))
-            stack.callback(stop, handlers[-1].proc)
+            low = rtp_low + 200 * i
+            handlers.append(stack.enter_context(start_handler(
+                url, folder / f"handler-{i}.log", backend=request.param, rtp=(low, low + 198),
+                registrar=EDGE_IP, env={"HYT_LIFE_SAFETY_HOLD_S": "15"},
+            )))  # fmt: skip
         fake = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         fake.bind(("127.0.0.1", 0))
         port = free_edge_port()
@@ -663,8 +598,7 @@ def dispatcher_flags(edge: Edge, set_id: int = 1) -> dict[str, str]:
 def test_a_dead_handler_is_routed_around(edge: Edge) -> None:
     """Last in the module: one handler is killed for good."""
     dead, alive = edge.handlers
-    os.kill(dead.proc.pid, signal.SIGKILL)
-    dead.proc.wait(timeout=10)
+    dead.kill()
     killed_at = time.monotonic()
 
     # Two calls at once, straight away: round robin sends one of them to the dead handler

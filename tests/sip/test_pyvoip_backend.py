@@ -12,11 +12,22 @@ import math
 import shutil
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from callcenter.intake_service import IntakeService
+from callcenter.models import Alarm, AlarmKind
+from callcenter.settings import Settings
+from callcenter.sip.call_flow import CallFlow
 from callcenter.sip.interface import CallEnded, CallHandle, CallInfo
+from callcenter.sip.live_calls import LiveCalls
 from callcenter.sip.pyvoip_backend import PyVoipBackend, to_pyvoip_audio
+from tests.factories import make_elder, make_terminal
 from tests.sip.pyvoip_kit import HOST, Dialog, Peer, hyt_threads, rtp_range, status
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -112,6 +123,41 @@ def test_sipp_alarm_call_answered_digits_collected_and_we_hang_up(tmp_path: Path
     )
     assert info.source[0] == HOST and info.request_key.endswith(":1")  # From tag : CSeq
     assert tone_packets(sink) >= 20  # the tone, as PCMU, at least 0.4 s of it
+
+
+@pytest.mark.parametrize("fresh_url", ["sqlite"], indirect=True)  # the backend's times, not the DB
+def test_the_alarm_keeps_when_the_invite_came_and_the_200_went(
+    fresh_engine: Engine, tmp_path: Path
+) -> None:
+    """The centre's own call flow on this backend: the alarm's raw JSON holds ``invite_at`` (the
+    INVITE read off the socket) and ``answered_at`` (our 200 sent), as the default backend's
+    does, so bench/storm.py can report pyVoIP's INVITE→200 and INVITE→alarm committed."""
+    with Session(fresh_engine) as s:
+        make_terminal(s, make_elder(s), sip_user="alarm1")  # SIPp's From user; "1": SOS
+        s.commit()
+    intake = IntakeService(sessionmaker(fresh_engine, expire_on_commit=False),
+                           Settings(env="test", secret_key="t" * 40))  # fmt: skip
+    sink = Peer()
+    sent_at: list[float] = []
+
+    async def body(backend: PyVoipBackend) -> None:
+        try:
+            sent_at.append(time.time())
+            # The caller hangs up during the prompt: the alarm is stored by then (and short).
+            code = await run_sipp("uac_load.xml", backend.port, sink.port, tmp_path, "-d", "300")
+            assert code == 0
+            await intake.flush()
+        finally:
+            await asyncio.to_thread(intake.close)  # its threads too are checked for leaks
+
+    asyncio.run(with_backend(CallFlow(intake, LiveCalls(), hold_s=0.2), body))
+    with Session(fresh_engine) as s:
+        (alarm,) = s.scalars(select(Alarm))
+    assert alarm.kind is AlarmKind.LIFE_SAFETY
+    invite_at, answered_at = alarm.raw.get("invite_at"), alarm.raw.get("answered_at")
+    assert isinstance(invite_at, float) and isinstance(answered_at, float), alarm.raw
+    # SIPp started after sent_at: the INVITE cannot have been read before it.
+    assert sent_at[0] <= invite_at <= answered_at <= alarm.received_at.timestamp()
 
 
 def test_sipp_caller_hangs_up_and_the_flow_sees_it(tmp_path: Path) -> None:

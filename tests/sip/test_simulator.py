@@ -9,12 +9,10 @@ machine may be loaded.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from callcenter.sip.runner import start_sip
 from devices import contact_id, scaip, simulator, tones
 from devices.models import Terminal, TerminalProtocol
 from tests.factories import make_elder, make_terminal
+from tests.sip.handler_process import start_handler
 
 ROOT = Path(__file__).parents[2]
 SECRET = "simulator-test-secret-0123456789abcdefghij"  # 40 characters
@@ -294,36 +293,13 @@ def hyt(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.Comp
     )  # fmt: skip
 
 
-def wait_ready(port: int, proc: subprocess.Popen[str], log: Path) -> None:
-    deadline = time.monotonic() + 40
-    while asyncio.run(simulator.ping(("127.0.0.1", port), timeout=1.0)) != 200:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"hyt sip did not start:\n{log.read_text()[-3000:]}")
-
-
 def test_cli_press_and_scaip(fresh_url: str, fresh_engine: Engine, tmp_path: Path) -> None:
     ext = seed(fresh_engine, TerminalProtocol.EXTENSION)
     sc = seed(fresh_engine, TerminalProtocol.SCAIP, account="SC0003")
-    port = free_udp_port()
-    low, high = rtp_range()
-    env = {
-        **os.environ,
-        "HYT_ENV": "test",
-        "HYT_SECRET_KEY": SECRET,
-        "HYT_DATABASE_URL": fresh_url,
-        "HYT_SIP_HOST": "127.0.0.1",
-        "HYT_SIP_PORT": str(port),
-        "HYT_SCAIP_PORT": str(free_udp_port()),
-        "HYT_RTP_PORT_LOW": str(low),
-        "HYT_RTP_PORT_HIGH": str(high),
-        "HYT_LIFE_SAFETY_HOLD_S": "10",
-    }
-    log = tmp_path / "centre.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "callcenter", "sip"], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
-        wait_ready(port, proc, log)
+    settings = {"HYT_SECRET_KEY": SECRET, "HYT_LIFE_SAFETY_HOLD_S": "10"}
+    with start_handler(fresh_url, tmp_path / "centre.log", rtp=rtp_range(), env=settings) as c:
+        env = c.env  # the handler's own: `hyt terminal` finds it by HYT_SIP_HOST/PORT
+        assert asyncio.run(simulator.ping(c.address, timeout=1.0)) == 200
         # No --centre: the default is HYT_SIP_HOST:HYT_SIP_PORT.
         pressed = hyt("terminal", "press", "--terminal", ext.serial, "--button", "consult", env=env)
         assert pressed.returncode == 0, pressed.stdout + pressed.stderr
@@ -338,13 +314,6 @@ def test_cli_press_and_scaip(fresh_url: str, fresh_engine: Engine, tmp_path: Pat
         silent = hyt("terminal", "press", "--terminal", ext.serial, "--button", "sos",
                      "--centre", nobody, "--timeout", "2", env=env)  # fmt: skip
         assert silent.returncode == 1 and "未接通 not answered" in silent.stdout
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     kinds = {(a.kind, a.source, a.elder_id) for a in alarms(fresh_engine)}
     assert kinds == {
         (AlarmKind.CONSULT, AlarmSource.EXTENSION, ext.elder_id),

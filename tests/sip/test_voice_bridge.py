@@ -42,7 +42,7 @@ from callcenter.web.auth import add_user
 from devices.models import TerminalProtocol
 from tests.conftest import _fresh_postgres
 from tests.factories import make_elder, make_terminal
-from tests.sip.conftest import ROOT, options_status, rtp_block
+from tests.sip.handler_process import ROOT, options_status, rtp_block, start_handler
 from tests.sip.pcap import write_tone_pcap
 from tests.sip.sip_phone import FakePhone, seconds_of, tone_share
 from tests.sip.sipp import answer_scenario, call_scenario, free_udp_port, run_sipp
@@ -84,49 +84,28 @@ def voice_centre(
     # Longer than the tests wait: the prompt must be cut short when the operator answers.
     _write_prompt(tmp / "prompts" / "zh" / "help_coming.wav", PROMPT_HZ, PROMPT_S)
     recordings = tmp / "recordings"
-    port, rtp_low = free_udp_port(), rtp_block() + 500
     env = {
-        **os.environ,
-        "HYT_ENV": "test",
-        "HYT_SECRET_KEY": "test-secret-key-0123456789-abcdefghijklmnop",
-        "HYT_DATABASE_URL": url,
-        "HYT_SIP_BACKEND": "aiosipua",
-        "HYT_SIP_HOST": "127.0.0.1",
-        "HYT_SIP_PORT": str(port),
-        "HYT_SCAIP_PORT": str(free_udp_port()),
-        "HYT_RTP_PORT_LOW": str(rtp_low),
-        "HYT_RTP_PORT_HIGH": str(rtp_low + 498),
         "HYT_LIFE_SAFETY_HOLD_S": "60",
         "HYT_VOICE_HOLD_REMINDER_S": "0",
         "HYT_VOICE_RING_S": "10",
         "HYT_PROMPT_DIR": str(tmp / "prompts"),
         "HYT_RECORDINGS_DIR": str(recordings),
     }
-    log = tmp / "centre.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "callcenter", "sip"], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    rtp_low = rtp_block() + 500
     previous = db.get_engine()
     try:
-        deadline = time.monotonic() + 20
-        while options_status("127.0.0.1", port, 0.5) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"call handler did not start:\n{log.read_text()[-3000:]}")
-        # The console in this process, on the same database and recordings folder.
-        db.use_engine(engine)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("HYT_RECORDINGS_DIR", str(recordings))
-            get_settings.cache_clear()
-            yield VoiceCentre(("127.0.0.1", port), engine, recordings, log)
+        with start_handler(
+            url, tmp / "centre.log", backend="aiosipua", rtp=(rtp_low, rtp_low + 498), env=env
+        ) as handler:
+            # The console in this process, on the same database and recordings folder.
+            db.use_engine(engine)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("HYT_RECORDINGS_DIR", str(recordings))
+                get_settings.cache_clear()
+                yield VoiceCentre(handler.address, engine, recordings, handler.log)
     finally:
         get_settings.cache_clear()
         db.use_engine(previous)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         engine.dispose()
         next(databases, None)  # drops the database
 

@@ -379,6 +379,115 @@ def test_escalated_visits_and_the_rest_through_the_api(world: World) -> None:
     assert body["silent_terminals_count"] == 0
 
 
+# The keys of /api/supervisor, in the order the API answers them (the page and any client
+# generated from the OpenAPI schema read these).
+KIND_COUNTS = ["kind", "total", "by_state"]
+SHAPE: dict[str, list[str]] = {
+    "": ["now", "day", "alarms", "cases", "compliance", "answer_within_s", "late_cases_count",
+         "late_cases", "silent_terminals_count", "silent_terminals", "escalated_visits_count",
+         "escalated_visits", "on_duty", "unclaimed_life_safety", "flag_after_s"],
+    "alarms": KIND_COUNTS,
+    "cases": KIND_COUNTS,
+    "compliance": ["group", "alarms", "answered", "waiting", "median_answer_s", "max_answer_s",
+                   "thresholds"],
+    "compliance.thresholds": ["within_s", "met", "missed", "pending", "share"],
+    "late_cases": ["id", "code", "kind", "state", "priority", "elder_name", "summary",
+                   "opened_at", "target_at", "late_s"],
+    "silent_terminals": ["id", "serial", "status", "elder_name", "street", "community",
+                         "last_seen_at", "report_interval_s", "silent_s"],
+    "escalated_visits": ["visit_id", "elder_id", "elder_name", "street", "community", "kind",
+                         "period", "window_end", "volunteer_name", "reassign_count"],
+    "on_duty": ["total", "by_community"],
+    "unclaimed_life_safety": ["id", "kind", "elder_name", "caller", "received_at", "wait_s"],
+}  # fmt: skip
+
+
+def _objects(value: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every JSON object in ``value`` with its path (list items share their list's path)."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _objects(item, path)
+    elif isinstance(value, dict) and path not in ("alarms.by_state", "cases.by_state",
+                                                  "on_duty.by_community"):  # fmt: skip
+        yield path, value
+        for key, item in value.items():
+            yield from _objects(item, f"{path}.{key}".lstrip("."))
+
+
+def _documented(openapi: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = openapi["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def test_the_api_answer_keeps_its_shape(world: World) -> None:
+    """The JSON the page reads, pinned: keys and their order, types, the formats of times, dates
+    and shares, kinds and states by their values; and every key documented, and required, in
+    the OpenAPI schema."""
+    with Session(world.engine) as s:
+        elder = make_elder(s, name="蔡阿公")
+        s.add(Visit(elder_id=elder.id, kind=VisitKind.MONTHLY, period="2026-11",
+                    planned_date=dt.date(2026, 11, 20), window_end=dt.date(2026, 11, 30),
+                    status=VisitStatus.ESCALATED, reassign_count=1))  # fmt: skip
+        late = open_case(s, kind=CaseKind.CONSULT, priority=3, actor="test", elder_id=elder.id,
+                         summary="问询", at=NOW - 3 * 86400 * S)  # fmt: skip
+        make_terminal(s, elder, last_seen_at=NOW - 3 * 86400 * S - 250 * MS)
+        s.commit()
+        case_code = late.code
+    with time_machine.travel(NOW, tick=False):
+        client = logged_in("sup1")
+        body = client.get("/api/supervisor").json()
+        openapi = client.get("/openapi.json").json()
+
+    seen = {path for path, _ in _objects(body)}
+    assert seen == set(SHAPE)  # every kind of object present, so each is checked below
+    for path, obj in _objects(body):
+        assert list(obj) == SHAPE[path], path
+    assert body["now"] == "2026-12-01T03:00:00Z" and body["day"] == "2026-12-01"
+    assert body["answer_within_s"] == [60, 180] and body["flag_after_s"] == 60
+    assert body["alarms"][0] == {"kind": "consult", "total": 1, "by_state": {"claimed": 1}}
+    everything = body["compliance"][0]
+    assert everything["group"] == "all" and everything["max_answer_s"] == 180.001
+    assert everything["median_answer_s"] == 60.0005
+    assert everything["thresholds"][0] == {
+        "within_s": 60, "met": 3, "missed": 4, "pending": 1, "share": 3 / 7
+    }  # fmt: skip
+    assert (body["late_cases_count"], body["silent_terminals_count"]) == (1, 1)
+    case = body["late_cases"][0]
+    assert {k: case[k] for k in ("code", "kind", "state", "priority", "elder_name", "summary")} == {
+        "code": case_code, "kind": "consult", "state": "dispatch", "priority": 3,
+        "elder_name": "蔡阿公", "summary": "问询",
+    }  # fmt: skip
+    assert case["opened_at"] == "2026-11-28T03:00:00Z"
+    assert case["target_at"] == "2026-11-29T03:00:00Z" and case["late_s"] == 2 * 86400
+    terminal = body["silent_terminals"][0]
+    assert terminal["last_seen_at"] == "2026-11-28T02:59:59.750000Z"
+    assert terminal["status"] == "active" and terminal["silent_s"] == 3 * 86400
+    assert (terminal["street"], terminal["community"]) == ("金霞街道", "金湖社区")
+    visit = body["escalated_visits"][0]
+    assert {k: v for k, v in visit.items() if k not in ("visit_id", "elder_id")} == {
+        "elder_name": "蔡阿公", "street": "金霞街道", "community": "金湖社区",
+        "kind": "monthly", "period": "2026-11", "window_end": "2026-11-30",
+        "volunteer_name": None, "reassign_count": 1,
+    }  # fmt: skip
+    assert body["on_duty"] == {"total": 0, "by_community": {}}
+    yesterday = body["unclaimed_life_safety"][0]
+    assert yesterday["id"] == world.alarms["yesterday"] and yesterday["kind"] == "life_safety"
+    assert yesterday["received_at"] == "2026-11-30T15:00:00Z"
+    assert yesterday["wait_s"] == 12 * 3600 and yesterday["elder_name"] is None
+
+    # The OpenAPI schema documents every key, each required (never left out of an answer).
+    answer = openapi["paths"]["/api/supervisor"]["get"]["responses"]["200"]["content"]
+    top = _documented(openapi, answer["application/json"]["schema"])
+    for path, keys in SHAPE.items():
+        schema = top
+        for step in path.split(".") if path else []:
+            schema = _documented(openapi, schema["properties"][step])
+            schema = _documented(openapi, schema.get("items", schema))
+        assert list(schema["properties"]) == keys, path
+        assert sorted(schema["required"]) == sorted(keys), path
+
+
 def test_queue_and_view_reads_never_wait_for_the_write_lock(world: World) -> None:
     """50 consoles read the queue at once after every alarm: on SQLite those reads must not take
     the write lock the intake needs to commit the next alarm (nor wait for it)."""
