@@ -224,6 +224,9 @@ async def events(request: Request) -> StreamingResponse:
     Its data is ``{"marker": …, "queue": [the items of GET /api/queue]}`` (supervisors': also
     ``"flagged": [alarm ids]``), so the console renders the queue without fetching it; the
     first event of a stream has the marker only, and the console fetches the queue then.
+    A ``status`` event ``{"database": "down", "since": …}`` says the database cannot be read
+    (the queue shown is no longer live); ``{"database": "up"}`` that it can again, followed by
+    an ``alarms`` event with the queue.
 
     The streams of a web process share one poller of the database
     (:mod:`callcenter.web.live_events`), so that they see alarms stored by any web worker,
@@ -246,7 +249,10 @@ async def events(request: Request) -> StreamingResponse:
             # The first event names the marker only: the feed's queue may be minutes old (it is
             # read when something changes), so a console that just connected fetches the queue.
             first = json.dumps({"marker": snapshot.marker if snapshot else None})
-            yield "retry: 500\n\n" + _sse("alarms", first)
+            # The database status is sent only when it is down or changes (issue #7).
+            down = feed.database_down
+            status_event = _sse("status", feed.status_data()) if down else ""
+            yield "retry: 500\n\n" + _sse("alarms", first) + status_event
             while (elapsed := loop.time() - started) < length:
                 quiet = loop.time() - last_sent
                 timeout = min(EVENTS_KEEPALIVE_S - quiet, length - elapsed)
@@ -254,9 +260,14 @@ async def events(request: Request) -> StreamingResponse:
                 if await request.is_disconnected():
                     return
                 snapshot = feed.snapshot
-                if changed and snapshot is not None:
+                if changed:
                     seen = feed.version
-                    if snapshot.key(supervisor) != key:
+                    if feed.database_down != down:
+                        down = feed.database_down
+                        last_sent = loop.time()
+                        yield _sse("status", feed.status_data())
+                        key = None  # back up: send the queue (read afresh) whatever its marker
+                    if snapshot is not None and not down and snapshot.key(supervisor) != key:
                         key = snapshot.key(supervisor)
                         last_sent = loop.time()
                         yield _sse("alarms", snapshot.data(supervisor))

@@ -185,6 +185,19 @@ STRINGS: dict[str, tuple[str, str]] = {
     "voice_ended_by_operator": ("接警员挂机", "you hung up"),
     "voice_ended_by_centre": ("系统结束", "ended by the centre"),
     "voice_recording": ("通话录音", "Recording"),
+    # The database is down (issue #7; docs/RUNBOOK.md has the section the banner names).
+    "db_down": (
+        "⚠ 数据库不可用{since}：新告警现在无法入库，终端会自动重拨，数据库恢复后告警会进入队列；"
+        "本页显示的不是最新情况。请按值班手册 docs/RUNBOOK.md「接警台显示数据库不可用」处理。",
+        "⚠ Database down{since}: new alarms cannot be recorded right now; terminals will retry "
+        "and their alarms reach the queue once it is back; this page is not up to date. Follow "
+        "the runbook, docs/RUNBOOK.md “The console says the database is down”.",
+    ),
+    "db_down_since": ("（{time} 起）", " (since {time})"),
+    "db_down_page": (
+        "数据库恢复后本页会自动打开。",
+        "This page opens by itself once the database is back.",
+    ),
 }
 
 

@@ -13,11 +13,19 @@ another worker, the call handler or the SCAIP ingress.
 
 A feed belongs to one event loop (uvicorn runs one per worker); its poller runs while at least
 one stream listens and stops with the last one.
+
+When the database cannot be reached (refused, dropped, or no answer within
+:data:`READ_DEADLINE_S`), the poller keeps running: it says so once in the log
+(``console.feed.database_down``, then ``console.feed.database_back``) and in the feed's status,
+which every stream sends on as a ``status`` event, so that the consoles show it instead of a
+queue that silently stopped changing (issue #7). Once a read succeeds again the queue is read
+afresh and sent to every stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy import exc as sa_exc
 
 from callcenter import db
 from callcenter.console import queue, queue_marker
@@ -38,6 +47,35 @@ log = structlog.get_logger(__name__)
 # How often the one poller of a process reads the marker. One query per interval whatever the
 # number of consoles, so it can be short: the delay to a console is about half of it on average.
 POLL_S = 0.2
+# How often it reads while the database is down.
+DOWN_POLL_S = 1.0
+# A read that has not answered by then counts as the database being down (a dead host drops
+# packets and connecting waits for the kernel's TCP timeout, minutes); the poller goes on
+# waiting for that same read and starts no other, so a hanging database ties up one thread.
+READ_DEADLINE_S = 5.0
+
+# SQLSTATEs that mean the server cannot be used now, rather than that one statement failed
+# (PostgreSQL manual, Appendix A): class 08 connection exception, class 53 insufficient resources
+# (disk full, too many connections), 57P01-57P03 (shut down, crashed, not yet accepting
+# connections), class 58 system error (I/O). Not a deadlock (40P01) or a cancelled statement
+# (57014): psycopg calls those OperationalError too, but the database is up.
+_DOWN_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03", "58")
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be used now (the app answers 503 for it)."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return True  # no pooled connection came free: every one is stuck on the database
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True  # SQLAlchemy's own test: the driver's error was a disconnect
+    if not isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return False
+    # No SQLSTATE: the driver failed without an answer from the server (refused, dropped, timed
+    # out); SQLite's errors carry none either (a locked, missing or unreadable file).
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate is None or str(sqlstate).startswith(_DOWN_SQLSTATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,25 +129,83 @@ class AlarmFeed:
         self._read = read
         self.poll_s = poll_s
         self.snapshot: Snapshot | None = None
-        self.version = 0  # goes up by one whenever the snapshot changes
+        # Since when the database cannot be read (None: it answered the last read, or unknown).
+        self.database_down_since: dt.datetime | None = None
+        # The outage the log was told about: kept when the poller stops (the streams end while
+        # the database is down, their reconnections refused), so that the next poller logs the
+        # end of that outage rather than the start of another.
+        self._outage_since: dt.datetime | None = None
+        self.version = 0  # goes up by one whenever the snapshot or the database status changes
         self._changed = asyncio.Event()
         self._listeners = 0
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def database_down(self) -> bool:
+        return self.database_down_since is not None
+
+    def status_data(self) -> str:
+        """The data of a ``status`` event: ``{"database": "down", "since": …}`` or ``"up"``."""
+        since = self.database_down_since
+        if since is None:
+            return json.dumps({"database": "up"})
+        return json.dumps({"database": "down", "since": since.isoformat()})
+
+    def _publish(self) -> None:
+        self.version += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _went_down(self, error: str) -> None:
+        if self._outage_since is None:
+            self._outage_since = utcnow()
+            # Once per outage, not once per poll: the log says when it started and ended.
+            log.error("console.feed.database_down", error=error[:300])
+        if self.database_down_since is None:
+            self.database_down_since = self._outage_since
+            self._publish()
+
+    def _came_back(self) -> None:
+        if self._outage_since is not None:
+            down_s = (utcnow() - self._outage_since).total_seconds()
+            log.info("console.feed.database_back", down_s=round(down_s, 1))
+            self._outage_since = None
+
+    async def _read_within_deadline(self) -> Snapshot:
+        # After an outage the queue is read afresh: the last one serialised may be long stale.
+        previous = None if self._outage_since is not None else self.snapshot
+        reading = asyncio.ensure_future(asyncio.to_thread(self._read, previous))
+        try:
+            done, _ = await asyncio.wait({reading}, timeout=READ_DEADLINE_S)
+            if not done:
+                self._went_down(f"no answer within {READ_DEADLINE_S:g} s")
+            return await reading
+        finally:
+            reading.cancel()  # the poller stopped: nobody wants the read's result any more
+
     async def _poll(self) -> None:
         while True:
             try:
-                snapshot = await asyncio.to_thread(self._read, self.snapshot)
-            except Exception:
-                # A database blip: the streams stay open and the next poll tries again.
-                log.exception("live_events.poll_failed")
+                snapshot = await self._read_within_deadline()
+            except Exception as exc:
+                if database_unreachable(exc):
+                    self._went_down(f"{type(exc).__name__}: {exc}")
+                else:
+                    # Not the database being down (a bug in a query): the streams stay open,
+                    # the next poll tries again, and the traceback goes to the log.
+                    log.exception("live_events.poll_failed")
             else:
-                if self.snapshot is None or snapshot.state != self.snapshot.state:
+                self._came_back()
+                if self.database_down_since is not None:
+                    self.database_down_since = None
                     self.snapshot = snapshot
-                    self.version += 1
-                    changed, self._changed = self._changed, asyncio.Event()
-                    changed.set()
-            await asyncio.sleep(self.poll_s)
+                    self._publish()
+                elif self.snapshot is None or snapshot.state != self.snapshot.state:
+                    self.snapshot = snapshot
+                    self._publish()
+            # While the database is down each read is a connection attempt: try less often.
+            pause = max(self.poll_s, DOWN_POLL_S) if self.database_down else self.poll_s
+            await asyncio.sleep(pause)
 
     @asynccontextmanager
     async def listening(self) -> AsyncIterator[AlarmFeed]:
@@ -118,7 +214,7 @@ class AlarmFeed:
         try:
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._poll())
-            await self.wait(0, timeout=10.0)  # the first snapshot (or none if the DB is down)
+            await self.wait(0, timeout=10.0)  # the first snapshot, or the database is down
             yield self
         finally:
             self._listeners -= 1
@@ -126,12 +222,14 @@ class AlarmFeed:
                 self._task.cancel()
                 self._task = None
                 self.snapshot, self.version = None, self.version + 1
+                self.database_down_since = None  # unknown until the next poller reads
 
     async def wait(self, seen_version: int, *, timeout: float) -> bool:
-        """Wait until the snapshot is newer than ``seen_version``; False on timeout."""
+        """Wait until the snapshot or the database status is newer than ``seen_version``; False
+        on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.version == seen_version or self.snapshot is None:
+        while self.version == seen_version or (self.snapshot is None and not self.database_down):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False

@@ -32,6 +32,9 @@
     node.classList.toggle("error", Boolean(isError));
   }
 
+  // The database is down (issue #7): static/banner.js, shared with the other page.
+  const database = (down, since) => window.hytDatabaseBanner(down, since, T);
+
   async function api(method, url, body) {
     const init = { method, headers: {} };
     if (body !== undefined) {
@@ -45,6 +48,7 @@
     }
     let data = null;
     try { data = await response.json(); } catch (_) { data = null; }
+    if (response.status === 503 && data && data.database === "down") database(true);
     if (!response.ok) {
       const detail = data && data.detail;
       const text = typeof detail === "string" ? detail : JSON.stringify(detail);
@@ -84,6 +88,7 @@
   }
 
   function showQueue(items) {
+    database(false);
     state.queue = items;
     state.loadedAt = performance.now();
     let alert = false;
@@ -189,9 +194,18 @@
       if (data && Array.isArray(data.queue)) showQueue(data.queue);
       else loadQueue().catch(() => {});
     });
+    // The database went down ({"database": "down", "since": …}) or is back ("up", then an
+    // alarms event with the queue).
+    source.addEventListener("status", (event) => {
+      let data = null;
+      try { data = JSON.parse(event.data); } catch (_) { data = null; }
+      if (data && data.database === "down") database(true, data.since);
+      else if (data && data.database === "up") database(false);
+    });
     // The server ends each stream after a while and the browser reconnects at once: say
     // "offline" only if it stays down. A closed stream (e.g. the login expired) is retried by
-    // reloading the queue, which goes to the login page on 401.
+    // reloading the queue, which goes to the login page on 401 and shows the database banner
+    // on 503 (the stream is refused too while the database is down: it checks the login).
     source.addEventListener("error", () => {
       setTimeout(() => {
         if (source.readyState === EventSource.OPEN) return;

@@ -15,8 +15,9 @@ document.getElementById("login-form").addEventListener("submit", async (event) =
     }),
   });
   if (!response.ok) {
-    if (response.status === 429) {
-      // Too many failed logins: the server says how long to wait, in both languages.
+    if (response.status === 429 || response.status === 503) {
+      // Too many failed logins (how long to wait), or the database is down: the server says
+      // so in both languages, rather than "wrong password".
       const body = await response.json().catch(() => ({}));
       if (typeof body.detail === "string") error.textContent = body.detail;
     }

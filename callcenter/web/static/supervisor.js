@@ -105,14 +105,23 @@
       v.volunteer_name || "—"])));
   }
 
+  // The database is down (issue #7): static/banner.js, shared with the other page.
+  const database = (down, since) => window.hytDatabaseBanner(down, since, T);
+
   async function load() {
     const response = await fetch("/api/supervisor");
     if (response.status === 401) {
       location.assign("/login?next=/supervisor");
       return;
     }
+    if (response.status === 503) {
+      const data = await response.json().catch(() => null);
+      if (data && data.database === "down") database(true);
+    }
     if (!response.ok) throw new Error(String(response.status));
-    render(await response.json());
+    const data = await response.json();
+    database(false);
+    render(data);
   }
 
   // Refresh on every change of the live queue (a supervisor's stream also says when a
@@ -130,12 +139,23 @@
       $("live").classList.remove("off");
     });
     source.addEventListener("alarms", soon);
+    source.addEventListener("status", (event) => {
+      let data = null;
+      try { data = JSON.parse(event.data); } catch (_) { data = null; }
+      if (data && data.database === "down") database(true, data.since);
+      else if (data && data.database === "up") { database(false); soon(); }
+    });
+    // A closed stream (refused: the login expired, or the database is down) is retried after
+    // a reload of the view, which says which (login page on 401, database banner on 503).
     source.addEventListener("error", () => {
       setTimeout(() => {
         if (source.readyState === EventSource.OPEN) return;
         $("live").textContent = T.offline;
         $("live").classList.add("off");
-        if (source.readyState === EventSource.CLOSED) setTimeout(connect, 3000);
+        if (source.readyState === EventSource.CLOSED) {
+          load().catch(() => {});
+          setTimeout(connect, 3000);
+        }
       }, 2000);
     });
   }
