@@ -44,6 +44,7 @@ class IntakeService:
             sessions,
             threads=settings.alarm_writers or (1 if settings.is_sqlite else 2),
             batch_max=settings.alarm_batch_max,
+            linger_s=settings.alarm_linger_ms / 1000,
             repeat_window_s=settings.repeat_window_s,
             retry_window_s=settings.retry_window_s,
         )

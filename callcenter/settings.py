@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     alarm_writers: int = Field(default=0, ge=0, le=16)
     # At most this many alarms per transaction; 1 commits each alarm alone.
     alarm_batch_max: int = Field(default=64, ge=1, le=1000)
+    # A writer waits this long for more alarms before it writes a batch (never when a
+    # life-safety alarm is in it): a transaction costs ~6 ms of CPU however few alarms it
+    # holds, so at 100 presses/s one each took 6.1 ms CPU per alarm and a 50 ms linger ~2.8
+    # (bench/handler_costs.py, BENCHMARKS.md), for ~40 ms more before a service press is
+    # acknowledged.
+    alarm_linger_ms: int = Field(default=50, ge=0, le=500)
     # Let the call ring this long before answering (0: answer at once). Some PBXes and
     # terminals expect to hear ringing first.
     sip_ring_ms: int = Field(default=0, ge=0, le=10_000)

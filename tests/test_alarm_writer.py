@@ -3,6 +3,7 @@ and a caller learns of its alarm only once it is committed."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 
 import pytest
@@ -92,3 +93,31 @@ def test_a_caller_hears_of_its_alarm_only_after_the_commit(fresh_engine: Engine)
     future.result(30)
     writer.close()
     assert seen_by_another_connection == [True]
+
+
+def test_a_writer_lingers_for_more_alarms_but_not_with_a_life_safety_one(
+    fresh_engine: Engine,
+) -> None:
+    """Presses trickling in one by one (a call storm hands them over as calls come) go into one
+    transaction while the writer lingers; a life-safety press ends the wait at once."""
+    pairs = district(fresh_engine, 6)
+    writer = AlarmWriter(sessionmaker(fresh_engine), threads=1, linger_s=1.0)
+    trickle: list[Future[Recorded]] = []
+    for t, e in pairs[:4]:
+        trickle.append(writer.submit(mains_loss(t, e, 1)))
+        time.sleep(0.05)  # pacing the submissions, not a timing assertion
+    for future in trickle:
+        future.result(10)
+    assert writer.batches == 1  # without the linger: one transaction each
+
+    # A technical alarm starts a linger of 10 s; the SOS behind it must not wait for its end.
+    writer_slow = AlarmWriter(sessionmaker(fresh_engine), threads=1, linger_s=10.0)
+    technical = writer_slow.submit(mains_loss(*pairs[4], 2))
+    time.sleep(0.1)
+    started = time.monotonic()
+    urgent = writer_slow.submit(sos(*pairs[5]))
+    urgent.result(5)
+    assert time.monotonic() - started < 5  # the 10 s linger was cut short
+    assert technical.done() and writer_slow.batches == 1  # in the same transaction
+    writer.close()
+    writer_slow.close()
