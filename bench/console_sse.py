@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.engine import Engine, make_url  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from callcenter import db, migrate  # noqa: E402
@@ -106,12 +107,17 @@ def serve(which: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def start_server(which: str, url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    which: str, url: str, log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``log``: where the server's output goes (default: this process's)."""
     port = free_port()
     env = {**os.environ, "HYT_DATABASE_URL": url, "HYT_ENV": "test", "HYT_SECRET_KEY": SECRET}
+    out = log.open("w") if log is not None else None
     proc = subprocess.Popen(
-        [sys.executable, __file__, "serve", which, str(port)], env=env, cwd=ROOT
-    )
+        [sys.executable, __file__, "serve", which, str(port)], env=env, cwd=ROOT,
+        stdout=out, stderr=subprocess.STDOUT if out else None,
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -203,15 +209,7 @@ class Database:
         return timings
 
     def add_operators(self, count: int) -> list[str]:
-        hashed = hash_password(PASSWORD)  # one hash for all: argon2 is slow on purpose
-        names = [f"bench{n:03d}" for n in range(count)]
-        with Session(self.engine) as s:
-            s.add_all(
-                Operator(username=n, display_name=n, role=Role.OPERATOR, password_hash=hashed)
-                for n in names
-            )
-            s.commit()
-        return names
+        return add_operators(self.engine, count)
 
     def terminals(self, count: int) -> list[tuple[int, int]]:
         with Session(self.engine) as s:
@@ -231,6 +229,19 @@ class Database:
 
 
 # -- the consoles ----------------------------------------------------------------------------
+def add_operators(engine: Engine, count: int) -> list[str]:
+    """``count`` operator accounts (password :data:`PASSWORD`); their user names."""
+    hashed = hash_password(PASSWORD)  # one hash for all: argon2 is slow on purpose
+    names = [f"bench{n:03d}" for n in range(count)]
+    with Session(engine) as s:
+        s.add_all(
+            Operator(username=n, display_name=n, role=Role.OPERATOR, password_hash=hashed)
+            for n in names
+        )
+        s.commit()
+    return names
+
+
 @dataclass
 class Console:
     client: httpx.AsyncClient
@@ -247,7 +258,16 @@ async def log_in(base: str, username: str) -> httpx.AsyncClient:
     return client
 
 
-async def fetch_queue(console: Console) -> None:
+# What a console does with a queue it received at ``at`` (in an event or fetched).
+TakeQueue = Callable[[Console, float, list[dict[str, Any]]], None]
+
+
+def take_queue(console: Console, at: float, items: list[dict[str, Any]]) -> None:
+    for item in items:
+        console.seen.setdefault(item["id"], at)
+
+
+async def fetch_queue(console: Console, take: TakeQueue = take_queue) -> None:
     try:
         response = await console.client.get("/api/queue")
         response.raise_for_status()
@@ -255,12 +275,19 @@ async def fetch_queue(console: Console) -> None:
         console.errors += 1
         return
     at = time.time()
-    for item in response.json():
-        console.seen.setdefault(item["id"], at)
+    take(console, at, response.json())
 
 
-async def listen(console: Console, stop: asyncio.Event) -> None:
-    """What the console page's EventSource and its handler do."""
+async def listen(
+    console: Console,
+    stop: asyncio.Event,
+    *,
+    parse: Callable[[str], Any] = json.loads,
+    take: TakeQueue = take_queue,
+) -> None:
+    """What the console page's EventSource and its handler do. ``parse`` reads an event's data
+    and ``take`` handles each queue received (bench/storm_console.py passes its own: many
+    consoles receive the same large queue during a storm)."""
     pending: set[asyncio.Task[None]] = set()
     while not stop.is_set():
         try:
@@ -274,12 +301,11 @@ async def listen(console: Console, stop: asyncio.Event) -> None:
                     elif line.startswith("data: ") and event == "alarms":
                         at = time.time()
                         console.events.append(at)
-                        data = json.loads(line[6:])
+                        data = parse(line[6:])
                         if isinstance(data.get("queue"), list):  # the queue came with it
-                            for item in data["queue"]:
-                                console.seen.setdefault(item["id"], at)
+                            take(console, at, data["queue"])
                         else:  # a server that sends only a marker: fetch, as the page does
-                            task = asyncio.create_task(fetch_queue(console))
+                            task = asyncio.create_task(fetch_queue(console, take))
                             pending.add(task)
                             task.add_done_callback(pending.discard)
                     if stop.is_set():

@@ -247,8 +247,9 @@ def against_handler(
         spy_cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(proc.pid),
                    "-o", str(profile), "-r", "200", "--format", "raw",
                    *os.environ.get("BENCH_PROFILE_ARGS", "").split()]  # fmt: skip
-        spy = subprocess.Popen(spy_cmd) if profile else None
-        try:
+        spy: subprocess.Popen[bytes] | None = None
+        try:  # from here on, the handler and the sink are stopped whatever fails
+            spy = subprocess.Popen(spy_cmd) if profile else None
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             ok, _failed, rtts = run_sipp(scenario, users, port, rate, count, workdir)
             time.sleep(2)

@@ -14,7 +14,17 @@ from sqlalchemy.orm import Session, selectinload
 from callcenter import metrics
 from callcenter.cases import OPEN_STATES, TransitionError, add_event, cancel_case
 from callcenter.db import utcnow
-from callcenter.models import Alarm, AlarmKind, AlarmStatus, Case, CaseState, Elder, Operator
+from callcenter.models import (
+    PRIORITY_BY_KIND,
+    Alarm,
+    AlarmKind,
+    AlarmSource,
+    AlarmStatus,
+    Case,
+    CaseState,
+    Elder,
+    Operator,
+)
 from devices.models import Terminal
 
 RECENT_CASES = 5
@@ -119,40 +129,115 @@ def record_outcome(
     return alarm
 
 
+# How many alarms other than life-safety a console is sent, besides every unhandled life-safety
+# alarm (never capped: they are what the queue is for). An operator works the head of the queue:
+# a screen shows 30-40 rows and nobody scrolls through thousands; 200 is several screens of the
+# most urgent and longest-waiting others. The rest are counted (per kind) and the supervisor view
+# has the day's counts. A storm leaves 5,000-28,000 technical alarms waiting: sending them all
+# made every change cost the web process seconds and each console a 10 MB event, so life-safety
+# alarms reached the consoles 3-13 s late (issue #7, bench/storm_console.py).
+QUEUE_OTHERS_SHOWN = 200
+LIFE_SAFETY_KINDS = (AlarmKind.LIFE_SAFETY, AlarmKind.UNIDENTIFIED)
+
+
 @dataclass(frozen=True, slots=True)
 class QueueRow:
-    alarm: Alarm
+    """One alarm of the queue, read as columns (no ORM entity: loading entities, with their raw
+    JSON and the identity map, was half of the web process's CPU with a long queue)."""
+
+    id: int
+    kind: AlarmKind
+    priority: int
+    status: AlarmStatus
+    source: AlarmSource
+    caller: str
+    received_at: dt.datetime
+    elder_id: int | None
+    case_id: int | None
+    claimed_by_id: int | None
     elder_name: str | None
     terminal_serial: str | None
     case_code: str | None
     claimed_by: str | None
     wait_s: int
 
+    @property
+    def life_safety(self) -> bool:
+        return self.kind in LIFE_SAFETY_KINDS
 
-def queue(session: Session, *, now: dt.datetime | None = None) -> list[QueueRow]:
-    """Unhandled alarms, most urgent first, then longest waiting first."""
-    now = now or utcnow()
-    rows = session.execute(
-        select(Alarm, Elder.name, Terminal.serial, Case.code, Operator.display_name)
+
+@dataclass(frozen=True, slots=True)
+class QueuePage:
+    """What a console is shown of the queue: every unhandled life-safety alarm and the first
+    others, in the queue's order, and how many unhandled alarms are not shown."""
+
+    rows: list[QueueRow]
+    total: int  # unhandled alarms, shown or not
+    not_shown_by_kind: dict[str, int]  # kind -> unhandled alarms of that kind not in ``rows``
+
+    @property
+    def not_shown(self) -> int:
+        return sum(self.not_shown_by_kind.values())
+
+
+def _queue_rows(session: Session, now: dt.datetime, *, life_safety: bool, limit: int | None
+                ) -> list[QueueRow]:  # fmt: skip
+    kinds = Alarm.kind.in_(LIFE_SAFETY_KINDS)
+    columns = (Alarm.id, Alarm.kind, Alarm.priority, Alarm.status, Alarm.source, Alarm.caller,
+               Alarm.received_at, Alarm.elder_id, Alarm.case_id, Alarm.claimed_by_id,
+               Elder.name, Terminal.serial, Case.code, Operator.display_name)  # fmt: skip
+    query = (
+        select(*columns)
         .outerjoin(Elder, Elder.id == Alarm.elder_id)
         .outerjoin(Terminal, Terminal.id == Alarm.terminal_id)
         .outerjoin(Case, Case.id == Alarm.case_id)
         .outerjoin(Operator, Operator.id == Alarm.claimed_by_id)
         # By the queue index: "!= handled" would scan every alarm ever handled.
-        .where(Alarm.status.in_(UNHANDLED))
+        .where(Alarm.status.in_(UNHANDLED), kinds if life_safety else ~kinds)
         .order_by(Alarm.priority, Alarm.received_at, Alarm.id)
+        .limit(limit)
     )
-    return [
-        QueueRow(
-            alarm=alarm,
-            elder_name=name,
-            terminal_serial=serial,
-            case_code=code,
-            claimed_by=claimed_by,
-            wait_s=max(0, int((now - alarm.received_at).total_seconds())),
-        )
-        for alarm, name, serial, code, claimed_by in rows
-    ]
+    rows = []
+    for (id_, kind, priority, status, source, caller, received_at, elder_id, case_id,
+         claimed_by_id, elder_name, terminal_serial, case_code, claimed_by) in session.execute(
+        query
+    ):  # fmt: skip
+        wait_s = max(0, int((now - received_at).total_seconds()))
+        rows.append(QueueRow(id_, kind, priority, status, source, caller, received_at, elder_id,
+                             case_id, claimed_by_id, elder_name, terminal_serial, case_code,
+                             claimed_by, wait_s))  # fmt: skip
+    return rows
+
+
+def queue(
+    session: Session, *, now: dt.datetime | None = None, others: int = QUEUE_OTHERS_SHOWN
+) -> QueuePage:
+    """Unhandled alarms, most urgent first, then longest waiting first: every life-safety one
+    and the first ``others`` of the rest (:data:`QUEUE_OTHERS_SHOWN`), with the counts of what
+    is left out. Three short reads however long the queue: life-safety alarms, the others up to
+    the limit (both along the queue index's order), and a count per kind of the unhandled."""
+    now = now or utcnow()
+    life_safety = _queue_rows(session, now, life_safety=True, limit=None)
+    rest = _queue_rows(session, now, life_safety=False, limit=others)
+    # The queue's own order (both kinds of life-safety alarm come first by their priority; a
+    # merge keeps the order exact whatever the priorities).
+    rows = sorted(life_safety + rest, key=lambda r: (r.priority, r.received_at, r.id))
+    by_kind = select(Alarm.kind, func.count()).where(Alarm.status.in_(UNHANDLED))
+    counts: dict[AlarmKind, int] = {
+        kind: n for kind, n in session.execute(by_kind.group_by(Alarm.kind))
+    }
+    shown: dict[AlarmKind, int] = {}
+    for r in rows:
+        shown[r.kind] = shown.get(r.kind, 0) + 1
+    not_shown = {
+        kind.value: n - shown.get(kind, 0)
+        for kind, n in sorted(counts.items(), key=lambda kv: PRIORITY_BY_KIND[kv[0]])
+        if n > shown.get(kind, 0)
+    }
+    # Rows and counts are read in one transaction (the caller's): they agree, except on SQLite
+    # outside a read transaction, where max() keeps a count from going negative anyway.
+    return QueuePage(rows=rows, total=max(sum(counts.values()), len(rows)),
+                     not_shown_by_kind=not_shown)  # fmt: skip
 
 
 def queue_marker(session: Session) -> str:
@@ -250,4 +335,4 @@ def search_elders(session: Session, q: str, *, limit: int = SEARCH_LIMIT) -> lis
 
 
 def is_life_safety(alarm: Alarm) -> bool:
-    return alarm.kind in (AlarmKind.LIFE_SAFETY, AlarmKind.UNIDENTIFIED)
+    return alarm.kind in LIFE_SAFETY_KINDS

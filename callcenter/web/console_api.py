@@ -10,7 +10,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from callcenter import db
@@ -41,7 +41,7 @@ from callcenter.web.console_schemas import (
 from callcenter.web.deps import ReadSessionDep, SessionDep
 from callcenter.web.ids import RowId
 from callcenter.web.live_events import current_feed
-from callcenter.web.queue_view import queue_items
+from callcenter.web.queue_view import queue_counts, queue_items
 from volunteers.catalog import get_catalog
 
 router = APIRouter(tags=["console"])
@@ -100,14 +100,39 @@ def outcome(alarm_id: RowId, body: OutcomeIn, session: SessionDep, user: Operato
     )
 
 
-@router.get("/api/queue", response_model=list[QueueItem])
-def live_queue(session: ReadSessionDep, user: OperatorDep) -> list[QueueItem]:
-    """Unhandled alarms, most urgent first, then longest waiting first. For supervisors,
-    life-safety alarms nobody has claimed for more than ``HYT_LIFE_SAFETY_FLAG_S`` are flagged."""
+# The counts of GET /api/queue, in headers so that its body stays the list of items it always was.
+QUEUE_HEADERS = {
+    "X-Queue-Total": {"description": "unhandled alarms, shown or not",
+                      "schema": {"type": "integer"}},
+    "X-Queue-Not-Shown": {"description": "unhandled alarms not in the list",
+                          "schema": {"type": "integer"}},
+    "X-Queue-Not-Shown-By-Kind": {
+        "description": "the same per alarm kind, a Structured Field dictionary (RFC 9651), "
+                       "e.g. technical=1234, test=5",
+        "schema": {"type": "string"},
+    },
+}  # fmt: skip
+
+
+@router.get(
+    "/api/queue", response_model=list[QueueItem], responses={200: {"headers": QUEUE_HEADERS}}
+)
+def live_queue(session: ReadSessionDep, user: OperatorDep, response: Response) -> list[QueueItem]:
+    """Unhandled alarms, most urgent first, then longest waiting first: every life-safety alarm
+    and the first 200 others (``callcenter.console.QUEUE_OTHERS_SHOWN``); how many are left out
+    is in the ``X-Queue-*`` headers. For supervisors, life-safety alarms nobody has claimed for
+    more than ``HYT_LIFE_SAFETY_FLAG_S`` are flagged. The live stream's events carry the same."""
     now = utcnow()
     supervisor = RANK[user.role] >= RANK[Role.SUPERVISOR]
     flag_s = get_supervision_settings().life_safety_flag_s
-    return queue_items(queue(session, now=now), now=now, supervisor=supervisor, flag_s=flag_s)
+    page = queue(session, now=now)
+    counts = queue_counts(page)
+    response.headers["X-Queue-Total"] = str(counts.total)
+    response.headers["X-Queue-Not-Shown"] = str(counts.not_shown)
+    response.headers["X-Queue-Not-Shown-By-Kind"] = ", ".join(
+        f"{kind}={n}" for kind, n in counts.not_shown_by_kind.items()
+    )
+    return queue_items(page.rows, now=now, supervisor=supervisor, flag_s=flag_s)
 
 
 def _case_brief(case: Case) -> CaseBrief:
@@ -221,9 +246,11 @@ SSE_EVENT = {
 async def events(request: Request) -> StreamingResponse:
     """Server-Sent Events: an ``alarms`` event whenever an alarm is added, claimed or handled,
     and, on a supervisor's stream, when a life-safety alarm passes the flag threshold unclaimed.
-    Its data is ``{"marker": …, "queue": [the items of GET /api/queue]}`` (supervisors': also
-    ``"flagged": [alarm ids]``), so the console renders the queue without fetching it; the
-    first event of a stream has the marker only, and the console fetches the queue then.
+    Its data is ``{"marker": …, "queue": [the items of GET /api/queue], "total": n,
+    "not_shown": n, "not_shown_by_kind": {kind: n}}`` (supervisors': also ``"flagged": [alarm
+    ids]``), so the console renders the queue without fetching it. The first event of a stream
+    is the process's current queue (at most one poll old), with ``"age_s"``: how long ago its
+    items' ``wait_s`` were counted; while the database is down it has the marker only.
     A ``status`` event ``{"database": "down", "since": …}`` says the database cannot be read
     (the queue shown is no longer live); ``{"database": "up"}`` that it can again, followed by
     an ``alarms`` event with the queue.
@@ -246,11 +273,16 @@ async def events(request: Request) -> StreamingResponse:
             seen = feed.version
             snapshot = feed.snapshot
             key = snapshot.key(supervisor) if snapshot else None
-            # The first event names the marker only: the feed's queue may be minutes old (it is
-            # read when something changes), so a console that just connected fetches the queue.
-            first = json.dumps({"marker": snapshot.marker if snapshot else None})
             # The database status is sent only when it is down or changes (issue #7).
             down = feed.database_down
+            # The first event is the feed's current snapshot (at most one poll old; the queue in
+            # it is read when something changes, hence its age): a console that (re)connects
+            # costs no queue read. A storm's consoles reconnecting every 25 s and each fetching
+            # the queue were two thirds of the web process's CPU (bench/storm_console.py).
+            if snapshot is not None and not down:
+                first = snapshot.first_data(supervisor, utcnow())
+            else:
+                first = json.dumps({"marker": snapshot.marker if snapshot else None})
             status_event = _sse("status", feed.status_data()) if down else ""
             yield "retry: 500\n\n" + _sse("alarms", first) + status_event
             while (elapsed := loop.time() - started) < length:

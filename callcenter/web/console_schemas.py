@@ -53,6 +53,15 @@ class QueueItem(BaseModel):
     flagged: bool = False
 
 
+class QueueCounts(BaseModel):
+    """What the console is not sent of the queue: every life-safety alarm is sent, the others
+    up to a limit (``callcenter.console.QUEUE_OTHERS_SHOWN``), the rest only counted."""
+
+    total: int = Field(description="unhandled alarms, shown or not")
+    not_shown: int = Field(description="unhandled alarms not in the list")
+    not_shown_by_kind: dict[str, int] = Field(description="alarm kind -> not shown")
+
+
 class ContactOut(BaseModel):
     name: str
     relation: str

@@ -25,6 +25,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "switch_lang": ("English", "中文"),
     "queue": ("待处理告警", "Alarm queue"),
     "queue_empty": ("暂无待处理告警", "No alarms waiting"),
+    # The end of a long queue: every life-safety alarm is listed, the others up to a limit.
+    "queue_more": (
+        "另有 {n} 条未显示（按紧急程度和等待时间排序）",
+        "{n} more not shown (sorted by urgency and waiting time)",
+    ),
     "live": ("实时", "live"),
     "offline": ("连接中断，重连中…", "disconnected, reconnecting…"),
     "col_priority": ("级别", "Priority"),

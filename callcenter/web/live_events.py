@@ -4,7 +4,11 @@ event stream.
 Each poll reads a short marker of the alarm table (max id, counts, last claim and handle times:
 :func:`callcenter.console.queue_marker`) and the ids of life-safety alarms nobody has claimed
 past the flag threshold (:func:`callcenter.supervision.flagged_alarm_ids`); when either changed,
-it reads the queue once and serialises it into the event every stream sends. Streams wait on the
+it reads the queue once and serialises it into the event every stream sends. The queue is the
+console's page of it (:func:`callcenter.console.queue`: every life-safety alarm, the first
+others, counts of the rest), so that a storm's thousands of waiting alarms do not make every
+change cost seconds and every event megabytes (issue #7). A stream's first event is the feed's
+current snapshot too: a reconnecting console costs no queue read. Streams wait on the
 feed instead of polling themselves, and the consoles render the queue from the event instead of
 each fetching it: 50 open consoles cost the database one small query per interval and one queue
 read per change, instead of 50 of each (``bench/console_sse.py`` measures it). Polling the
@@ -14,12 +18,16 @@ another worker, the call handler or the SCAIP ingress.
 A feed belongs to one event loop (uvicorn runs one per worker); its poller runs while at least
 one stream listens and stops with the last one.
 
-When the database cannot be reached (refused, dropped, or no answer within
+When the database cannot be reached (refused, dropped, or the marker query has no answer within
 :data:`READ_DEADLINE_S`), the poller keeps running: it says so once in the log
 (``console.feed.database_down``, then ``console.feed.database_back``) and in the feed's status,
 which every stream sends on as a ``status`` event, so that the consoles show it instead of a
 queue that silently stopped changing (issue #7). Once a read succeeds again the queue is read
-afresh and sent to every stream.
+afresh and sent to every stream. Only the marker query (milliseconds, whatever the queue's
+length) is held to the deadline: a queue read that is slow while the database answers is not an
+outage (with the whole read judged, a storm's long queue made the feed tell every console
+"database down" while PostgreSQL was up); while it lasts, the marker is asked again each
+deadline, and that answer decides.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from sqlalchemy import exc as sa_exc
@@ -40,18 +49,22 @@ from callcenter.console import queue, queue_marker
 from callcenter.db import utcnow
 from callcenter.supervision import flagged_alarm_ids
 from callcenter.supervision_settings import get_supervision_settings
-from callcenter.web.queue_view import queue_items
+from callcenter.web.queue_view import queue_counts, queue_items
+
+State = tuple[str, tuple[int, ...]]  # the marker and the flagged ids
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # How often the one poller of a process reads the marker. One query per interval whatever the
 # number of consoles, so it can be short: the delay to a console is about half of it on average.
 POLL_S = 0.2
 # How often it reads while the database is down.
 DOWN_POLL_S = 1.0
-# A read that has not answered by then counts as the database being down (a dead host drops
-# packets and connecting waits for the kernel's TCP timeout, minutes); the poller goes on
-# waiting for that same read and starts no other, so a hanging database ties up one thread.
+# A marker read that has not answered by then counts as the database being down (a dead host
+# drops packets and connecting waits for the kernel's TCP timeout, minutes); the poller goes on
+# waiting for that same read and starts no other, so a hanging database ties up one thread (two
+# if it hangs during a queue read).
 READ_DEADLINE_S = 5.0
 
 # SQLSTATEs that mean the server cannot be used now, rather than that one statement failed
@@ -82,13 +95,15 @@ def database_unreachable(exc: BaseException) -> bool:
 class Snapshot:
     marker: str
     flagged: tuple[int, ...]  # unclaimed life-safety alarms past the flag threshold
-    # The event's data, serialised once for every stream: the marker and the whole queue
-    # (supervisors': with the flagged ids and flags), so that no console has to fetch it.
+    # The event's data, serialised once for every stream: the marker, the console's page of the
+    # queue and its counts (supervisors': with the flagged ids and flags), so that no console
+    # has to fetch it.
     operator_data: str = ""
     supervisor_data: str = ""
+    read_at: dt.datetime | None = None  # when the queue was read (its items' wait_s)
 
     @property
-    def state(self) -> tuple[str, tuple[int, ...]]:
+    def state(self) -> State:
         return self.marker, self.flagged
 
     def key(self, supervisor: bool) -> object:
@@ -98,10 +113,30 @@ class Snapshot:
     def data(self, supervisor: bool) -> str:
         return self.supervisor_data if supervisor else self.operator_data
 
+    def first_data(self, supervisor: bool, now: dt.datetime) -> str:
+        """The data of a stream's first event: this snapshot, which may be minutes old (it is
+        read when something changes), with ``age_s`` added so that the console counts its
+        items' waits on from ``wait_s`` + ``age_s``."""
+        data = self.data(supervisor)
+        if not data.endswith("}") or self.read_at is None:
+            return json.dumps({"marker": self.marker})  # a snapshot without a queue
+        age_s = max(0.0, (now - self.read_at).total_seconds())
+        return f'{data[:-1]}, "age_s": {age_s:.1f}}}'
+
+
+def read_state() -> State:
+    """The marker and the flagged ids: the feed's small read of every poll, and the one its
+    "database down" judgement is based on."""
+    flag_s = get_supervision_settings().life_safety_flag_s
+    with db.read_scope() as session:
+        now = utcnow()
+        return queue_marker(session), flagged_alarm_ids(session, now=now, older_than_s=flag_s)
+
 
 def read_snapshot(previous: Snapshot | None = None) -> Snapshot:
     """One short read-only unit of work (never a transaction held across a stream). The queue
-    is read and serialised only when the marker or the flags changed since ``previous``."""
+    is read and serialised only when the marker or the flags changed since ``previous``; the
+    marker and the queue come from the same transaction, so they agree."""
     flag_s = get_supervision_settings().life_safety_flag_s
     with db.read_scope() as session:
         now = utcnow()
@@ -109,24 +144,38 @@ def read_snapshot(previous: Snapshot | None = None) -> Snapshot:
         flagged = flagged_alarm_ids(session, now=now, older_than_s=flag_s)
         if previous is not None and previous.state == (marker, flagged):
             return previous
-        rows = queue(session, now=now)
-        views = [
-            [i.model_dump(mode="json") for i in queue_items(rows, now=now, supervisor=sup,
-                                                             flag_s=flag_s)]
-            for sup in (False, True)
-        ]  # fmt: skip
+        page = queue(session, now=now)
+    counts = queue_counts(page).model_dump(mode="json")
+    views = [
+        [i.model_dump(mode="json") for i in queue_items(page.rows, now=now, supervisor=sup,
+                                                         flag_s=flag_s)]
+        for sup in (False, True)
+    ]  # fmt: skip
     return Snapshot(
         marker,
         flagged,
-        json.dumps({"marker": marker, "queue": views[0]}, ensure_ascii=False),
-        json.dumps({"marker": marker, "flagged": list(flagged), "queue": views[1]},
+        json.dumps({"marker": marker, "queue": views[0], **counts}, ensure_ascii=False),
+        json.dumps({"marker": marker, "flagged": list(flagged), "queue": views[1], **counts},
                    ensure_ascii=False),
+        read_at=now,
     )  # fmt: skip
 
 
 class AlarmFeed:
-    def __init__(self, read: Callable[[Snapshot | None], Snapshot], poll_s: float) -> None:
+    """``read(previous)`` reads a snapshot (the queue only when the state changed since
+    ``previous``). With ``state``, each poll first reads the state alone, held to
+    :data:`READ_DEADLINE_S`, and ``read`` runs only when it changed, with no deadline of its
+    own (slow is not down); without, the whole ``read`` is held to the deadline."""
+
+    def __init__(
+        self,
+        read: Callable[[Snapshot | None], Snapshot],
+        poll_s: float,
+        *,
+        state: Callable[[], State] | None = None,
+    ) -> None:
         self._read = read
+        self._state = state
         self.poll_s = poll_s
         self.snapshot: Snapshot | None = None
         # Since when the database cannot be read (None: it answered the last read, or unknown).
@@ -171,10 +220,8 @@ class AlarmFeed:
             log.info("console.feed.database_back", down_s=round(down_s, 1))
             self._outage_since = None
 
-    async def _read_within_deadline(self) -> Snapshot:
-        # After an outage the queue is read afresh: the last one serialised may be long stale.
-        previous = None if self._outage_since is not None else self.snapshot
-        reading = asyncio.ensure_future(asyncio.to_thread(self._read, previous))
+    async def _within_deadline(self, read: Callable[[], T]) -> T:
+        reading = asyncio.ensure_future(asyncio.to_thread(read))
         try:
             done, _ = await asyncio.wait({reading}, timeout=READ_DEADLINE_S)
             if not done:
@@ -182,6 +229,27 @@ class AlarmFeed:
             return await reading
         finally:
             reading.cancel()  # the poller stopped: nobody wants the read's result any more
+
+    async def _read_within_deadline(self) -> Snapshot:
+        # After an outage the queue is read afresh: the last one serialised may be long stale.
+        previous = None if self._outage_since is not None else self.snapshot
+        if self._state is None:
+            return await self._within_deadline(lambda: self._read(previous))
+        state_now = self._state
+        state = await self._within_deadline(state_now)
+        if previous is not None and previous.state == state:
+            return previous
+        reading = asyncio.ensure_future(asyncio.to_thread(self._read, None))
+        try:
+            while True:
+                done, _ = await asyncio.wait({reading}, timeout=READ_DEADLINE_S)
+                if done:
+                    return await reading
+                # The queue read is slow: the database is down only if the marker says so
+                # (it raises or hangs past the deadline); if it answers, wait on.
+                await self._within_deadline(state_now)
+        finally:
+            reading.cancel()
 
     async def _poll(self) -> None:
         while True:
@@ -250,5 +318,5 @@ def current_feed() -> AlarmFeed:
     loop = asyncio.get_running_loop()
     feed = _feeds.get(loop)
     if feed is None:
-        feed = _feeds[loop] = AlarmFeed(read_snapshot, POLL_S)
+        feed = _feeds[loop] = AlarmFeed(read_snapshot, POLL_S, state=read_state)
     return feed

@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from callcenter.console import QueueRow, is_life_safety
-from callcenter.web.console_schemas import QueueItem
+from callcenter.console import QueuePage, QueueRow
+from callcenter.web.console_schemas import QueueCounts, QueueItem
 
 
 def queue_items(
@@ -17,32 +17,38 @@ def queue_items(
     more than ``flag_s`` seconds is flagged (issue 5: flagged to supervisors)."""
     items = []
     for r in rows:
-        life_safety = is_life_safety(r.alarm)
         flagged = (
             supervisor
-            and life_safety
-            and r.alarm.claimed_by_id is None
-            and (now - r.alarm.received_at).total_seconds() > flag_s
+            and r.life_safety
+            and r.claimed_by_id is None
+            and (now - r.received_at).total_seconds() > flag_s
         )
         items.append(
             QueueItem(
-                id=r.alarm.id,
-                kind=r.alarm.kind.value,
-                priority=r.alarm.priority,
-                life_safety=life_safety,
-                status=r.alarm.status.value,
-                source=r.alarm.source.value,
-                caller=r.alarm.caller,
-                received_at=r.alarm.received_at,
+                id=r.id,
+                kind=r.kind.value,
+                priority=r.priority,
+                life_safety=r.life_safety,
+                status=r.status.value,
+                source=r.source.value,
+                caller=r.caller,
+                received_at=r.received_at,
                 wait_s=r.wait_s,
-                elder_id=r.alarm.elder_id,
+                elder_id=r.elder_id,
                 elder_name=r.elder_name,
                 terminal_serial=r.terminal_serial,
-                case_id=r.alarm.case_id,
+                case_id=r.case_id,
                 case_code=r.case_code,
-                claimed_by_id=r.alarm.claimed_by_id,
+                claimed_by_id=r.claimed_by_id,
                 claimed_by=r.claimed_by,
                 flagged=flagged,
             )
         )
     return items
+
+
+def queue_counts(page: QueuePage) -> QueueCounts:
+    """How many unhandled alarms there are and how many the console is not sent, per kind."""
+    return QueueCounts(
+        total=page.total, not_shown=page.not_shown, not_shown_by_kind=page.not_shown_by_kind
+    )

@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -173,8 +174,12 @@ def start_kamailio(
     dispatcher = folder / "dispatcher.list"
     dispatcher.write_text(
         "# setid destination flags priority attributes\n"
-        + "".join(f"1 {h.uri} 0 0\n" for h in handlers)
-        + "".join(f"2 sip:127.0.0.1:{h.scaip_port} 0 0\n" for h in handlers)
+        # As deploy/kamailio/dispatcher.list.example: sets 1 and 2 probed (flag 8), their
+        # last-resort copies 11 and 12 not.
+        + "".join(f"1 {h.uri} 8 0\n" for h in handlers)
+        + "".join(f"2 sip:127.0.0.1:{h.scaip_port} 8 0\n" for h in handlers)
+        + "".join(f"11 {h.uri} 0 0\n" for h in handlers)
+        + "".join(f"12 sip:127.0.0.1:{h.scaip_port} 0 0\n" for h in handlers)
         + f"9 sip:127.0.0.1:{fake_handler} 4 0\n"  # 4: disabled, never probed
     )
     run_dir = folder / "run"
@@ -593,6 +598,47 @@ def dispatcher_flags(edge: Edge, set_id: int = 1) -> dict[str, str]:
         if found and int(found.group(1)) == set_id:
             return dict(re.findall(r"URI: (\S+)\s+FLAGS: (\S+)", block))
     return {}
+
+
+def test_when_the_probes_say_all_are_down_a_call_is_still_tried(edge: Edge) -> None:
+    """Both handlers stop answering (SIGSTOP: as an overloaded one looks to the probes) and are
+    marked down. A call then goes to a last-resort handler (kamailio.cfg route[DISPATCH]) instead
+    of getting 503; the handler, going again a second later, answers it well within
+    FR_INVITE_FIRST. Before the last resort, the call got 503 at once."""
+    all_in_state(edge, "A")  # both up first (a fresh edge starts them down until probed)
+    for h in edge.handlers:
+        h.proc.send_signal(signal.SIGSTOP)
+    try:
+        all_in_state(edge, "I")
+        terminal = edge.terminal(TerminalProtocol.DTMF)
+        result: list[SippResult] = []
+        call = threading.Thread(target=lambda: result.append(sipp(edge, registered_first(
+            call_scenario(user=terminal.user, digits="2"), terminal))))  # fmt: skip
+        call.start()
+        # Until the edge has routed the INVITE (or refused it): then it waits at a stopped
+        # handler, both marked down.
+        deadline = time.monotonic() + 20
+        while f"INVITE from {terminal.user}" not in edge.log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, edge.logs()
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        for h in edge.handlers:
+            h.proc.send_signal(signal.SIGCONT)
+    call.join()
+    assert result and result[0].ok, (result[0].output if result else "") + edge.logs()
+    assert re.search(rf"last resort INVITE from {terminal.user} to sip:", edge.log.read_text())
+    (alarm,) = alarms_of(edge, terminal)
+    assert (alarm.kind, alarm.elder_id) == (AlarmKind.SERVICE, terminal.elder_id)
+    all_in_state(edge, "A")  # the probes bring both back; the next test needs them
+
+
+def all_in_state(edge: Edge, state: str, wait_s: float = 30) -> None:
+    """Wait until the dispatcher has every handler of set 1 in ``state`` ("A" up, "I" down)."""
+    deadline = time.monotonic() + wait_s
+    while any(dispatcher_flags(edge).get(h.uri, "")[:1] != state for h in edge.handlers):
+        assert time.monotonic() < deadline, (dispatcher_flags(edge), edge.logs())
+        time.sleep(0.2)
 
 
 def test_a_dead_handler_is_routed_around(edge: Edge) -> None:

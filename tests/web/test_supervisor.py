@@ -224,8 +224,14 @@ def test_the_live_stream_pushes_flagged_alarms_to_supervisors(
     with time_machine.travel(NOW, tick=True):
         supervisor_events = _events(logged_in("sup1"))
         operator_events = _events(logged_in("op1"))
-    # A new stream's first event names the marker only (the console fetches the queue then).
-    assert supervisor_events[0] == {"marker": operator_events[0]["marker"]}
+    # A new stream's first event is the feed's current queue (the console fetches nothing after
+    # a reconnection), flags included for a supervisor.
+    first_sup, first_op = supervisor_events[0], operator_events[0]
+    assert first_sup["marker"] == first_op["marker"]
+    assert [i["id"] for i in first_sup["queue"]] == [i["id"] for i in first_op["queue"]]
+    assert first_sup["flagged"] == sorted([world.alarms["yesterday"], world.alarms["waiting61"]])
+    assert "flagged" not in first_op and not any(i["flagged"] for i in first_op["queue"])
+    assert first_op["age_s"] >= 0 and first_op["not_shown"] == 0
     assert len(supervisor_events) == len(operator_events) == 1  # nothing changed meanwhile
 
 
@@ -243,11 +249,11 @@ def test_a_change_reaches_open_streams_with_the_queue(
         streams = [pool.submit(_events, c) for c in (supervisor, operator)]
         supervisor_events, operator_events = (f.result(30) for f in streams)
     flagged = sorted([world.alarms["yesterday"], world.alarms["waiting61"]])
-    assert [e.get("flagged") for e in supervisor_events] == [None, flagged]
+    assert [e.get("flagged") for e in supervisor_events] == [[world.alarms["yesterday"]], flagged]
     change = supervisor_events[1]
     assert sorted(i["id"] for i in change["queue"] if i["flagged"]) == flagged
     assert {i["id"] for i in change["queue"]} >= {world.alarms["waiting30"]}
-    assert len(operator_events) == 1 and "queue" not in operator_events[0]
+    assert len(operator_events) == 1  # its first event, the queue as the stream opened
 
 
 def test_one_poller_serves_every_stream() -> None:

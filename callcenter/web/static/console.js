@@ -4,9 +4,11 @@
   const T = JSON.parse(document.getElementById("i18n").textContent);
   const LANG = document.documentElement.lang.startsWith("zh") ? "zh" : "en";
   const $ = (id) => document.getElementById(id);
+  const NUMBER = new Intl.NumberFormat(LANG === "zh" ? "zh-CN" : "en"); // 1,234
   const state = {
     me: Number($("me").dataset.userId),
     queue: [],
+    notShown: { not_shown: 0, not_shown_by_kind: {} },
     loadedAt: performance.now(),
     shownAt: new Map(), // alarm id -> when its row first appeared (ms since epoch)
     known: new Set(),
@@ -35,7 +37,8 @@
   // The database is down (issue #7): static/banner.js, shared with the other page.
   const database = (down, since) => window.hytDatabaseBanner(down, since, T);
 
-  async function api(method, url, body) {
+  // The answer and its JSON; 401 goes to the login page, 503 shows the database banner.
+  async function send(method, url, body) {
     const init = { method, headers: {} };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
@@ -56,7 +59,11 @@
       error.status = response.status;
       throw error;
     }
-    return data;
+    return { response, data };
+  }
+
+  async function api(method, url, body) {
+    return (await send(method, url, body)).data;
   }
 
   function clock(seconds) {
@@ -83,14 +90,28 @@
   }
 
   // -- queue ---------------------------------------------------------------------------
+  // The queue as sent: every life-safety alarm and the first others (the server's limit), and
+  // how many are left out ("not_shown", per kind in "not_shown_by_kind").
   async function loadQueue() {
-    showQueue(await api("GET", "/api/queue"));
+    const { response, data: items } = await send("GET", "/api/queue");
+    const byKind = {};
+    for (const part of (response.headers.get("X-Queue-Not-Shown-By-Kind") || "").split(",")) {
+      const [kind, n] = part.trim().split("=");
+      if (kind && n) byKind[kind] = Number(n);
+    }
+    showQueue(items, {
+      not_shown: Number(response.headers.get("X-Queue-Not-Shown") || 0),
+      not_shown_by_kind: byKind,
+    });
   }
 
-  function showQueue(items) {
+  // age_s: how long ago the server counted the items' wait_s (a stream's first event is the
+  // server's current queue, read when it last changed).
+  function showQueue(items, counts, ageS) {
     database(false);
     state.queue = items;
-    state.loadedAt = performance.now();
+    state.notShown = counts || { not_shown: 0, not_shown_by_kind: {} };
+    state.loadedAt = performance.now() - 1000 * (Number(ageS) || 0);
     let alert = false;
     for (const item of items) {
       if (!state.known.has(item.id)) {
@@ -146,6 +167,14 @@
     }
     body.replaceChildren(...rows);
     $("queue-empty").hidden = rows.length > 0;
+    const more = $("queue-more");
+    const notShown = state.notShown.not_shown || 0;
+    more.hidden = notShown === 0;
+    more.dataset.notShown = notShown;
+    more.textContent = T.queue_more.replace("{n}", NUMBER.format(notShown));
+    // Per kind on hover: e.g. "设备故障 1,234 · 测试 5".
+    more.title = Object.entries(state.notShown.not_shown_by_kind || {})
+      .map(([kind, n]) => `${T[`kind_${kind}`] || kind} ${NUMBER.format(n)}`).join(" · ");
     const flagged = state.queue.filter((item) => item.flagged);
     $("flag-banner").hidden = flagged.length === 0;
     $("flag-banner").textContent = T.flag_banner.replace("{n}", flagged.length)
@@ -187,11 +216,13 @@
       $("live").textContent = T.live;
       $("live").classList.remove("off");
     });
-    // Each event carries the whole queue (the server reads it once for every console).
+    // Each event carries the queue (the server reads it once for every console), the first
+    // one of each stream too: no fetch after a reconnection. Without it (the database was
+    // down when the stream opened) the queue is fetched.
     source.addEventListener("alarms", (event) => {
       let data = null;
       try { data = JSON.parse(event.data); } catch (_) { data = null; }
-      if (data && Array.isArray(data.queue)) showQueue(data.queue);
+      if (data && Array.isArray(data.queue)) showQueue(data.queue, data, data.age_s);
       else loadQueue().catch(() => {});
     });
     // The database went down ({"database": "down", "since": …}) or is back ("up", then an
