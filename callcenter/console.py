@@ -180,9 +180,10 @@ class QueuePage:
         return sum(self.not_shown_by_kind.values())
 
 
-def _queue_rows(session: Session, now: dt.datetime, *, life_safety: bool, limit: int | None
-                ) -> list[QueueRow]:  # fmt: skip
+def _queue_rows(session: Session, now: dt.datetime, *, life_safety: bool, limit: int | None,
+                claimed_only: bool = False) -> list[QueueRow]:  # fmt: skip
     kinds = Alarm.kind.in_(LIFE_SAFETY_KINDS)
+    statuses = [AlarmStatus.CLAIMED] if claimed_only else list(UNHANDLED)
     columns = (Alarm.id, Alarm.kind, Alarm.priority, Alarm.status, Alarm.source, Alarm.caller,
                Alarm.received_at, Alarm.elder_id, Alarm.case_id, Alarm.claimed_by_id,
                Elder.name, Terminal.serial, Case.code, Operator.display_name)  # fmt: skip
@@ -193,7 +194,7 @@ def _queue_rows(session: Session, now: dt.datetime, *, life_safety: bool, limit:
         .outerjoin(Case, Case.id == Alarm.case_id)
         .outerjoin(Operator, Operator.id == Alarm.claimed_by_id)
         # By the queue index: "!= handled" would scan every alarm ever handled.
-        .where(Alarm.status.in_(UNHANDLED), kinds if life_safety else ~kinds)
+        .where(Alarm.status.in_(statuses), kinds if life_safety else ~kinds)
         .order_by(Alarm.priority, Alarm.received_at, Alarm.id)
         .limit(limit)
     )
@@ -219,9 +220,13 @@ def queue(
     now = now or utcnow()
     life_safety = _queue_rows(session, now, life_safety=True, limit=None)
     rest = _queue_rows(session, now, life_safety=False, limit=others)
+    # Claimed alarms stay listed whatever their place: the row is how an operator gets back to
+    # the alarm in hand (at most a few per operator, so no cap is needed).
+    claimed = _queue_rows(session, now, life_safety=False, limit=None, claimed_only=True)
+    merged = {r.id: r for r in life_safety + rest + claimed}
     # The queue's own order (both kinds of life-safety alarm come first by their priority; a
     # merge keeps the order exact whatever the priorities).
-    rows = sorted(life_safety + rest, key=lambda r: (r.priority, r.received_at, r.id))
+    rows = sorted(merged.values(), key=lambda r: (r.priority, r.received_at, r.id))
     by_kind = select(Alarm.kind, func.count()).where(Alarm.status.in_(UNHANDLED))
     counts: dict[AlarmKind, int] = {
         kind: n for kind, n in session.execute(by_kind.group_by(Alarm.kind))
@@ -229,13 +234,14 @@ def queue(
     shown: dict[AlarmKind, int] = {}
     for r in rows:
         shown[r.kind] = shown.get(r.kind, 0) + 1
+    # Life-safety alarms are never left out: one counted but not listed arrived between the
+    # reads (each statement has its own snapshot at READ COMMITTED) and is in the next event.
     not_shown = {
         kind.value: n - shown.get(kind, 0)
         for kind, n in sorted(counts.items(), key=lambda kv: PRIORITY_BY_KIND[kv[0]])
-        if n > shown.get(kind, 0)
+        if n > shown.get(kind, 0) and kind not in LIFE_SAFETY_KINDS
     }
-    # Rows and counts are read in one transaction (the caller's): they agree, except on SQLite
-    # outside a read transaction, where max() keeps a count from going negative anyway.
+    # The reads may see slightly different moments (above); max() keeps the total sane.
     return QueuePage(rows=rows, total=max(sum(counts.values()), len(rows)),
                      not_shown_by_kind=not_shown)  # fmt: skip
 

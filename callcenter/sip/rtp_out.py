@@ -50,8 +50,9 @@ class RtpOut:
         rtp_transport = rtp._rtp_transport
         transport = rtp_transport._transport
         if sender._enable_history or sender._duplicate_tx or transport is None:
-            # Options we never turn on (NACK history, duplicate sending), or a closed stream:
-            # the library's own path.
+            # Options we never turn on (NACK history, duplicate sending), or a stream not bound
+            # yet: the library's own path. (A closed stream keeps its transport; asyncio drops
+            # what is sent on it, as it does on the library's path.)
             sender.send_frame_auto(payload, marker=1 if first else 0, addr=rtp._remote_addr)
             return
         timestamp = sender._current_timestamp

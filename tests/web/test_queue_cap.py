@@ -124,6 +124,22 @@ def test_the_api_sends_every_life_safety_alarm_and_the_first_others(world: World
         )
 
 
+def test_a_claimed_alarm_stays_listed_beyond_the_cap(world: World) -> None:
+    """The queue row is how an operator gets back to the alarm in hand: a claimed alarm far
+    down the queue is listed anyway (the review found it dropped out past the first N)."""
+    last = world.others[-1]  # a test alarm, after every technical one
+    with Session(world.engine) as s:
+        row = s.get(Alarm, last)
+        assert row is not None
+        row.status, row.claimed_at = AlarmStatus.CLAIMED, utcnow()
+        s.commit()
+    with db.read_scope() as s:
+        page = console.queue(s)
+    ids = [r.id for r in page.rows]
+    assert last in ids and len(ids) == len(world.life_safety) + N + 1
+    assert page.not_shown == TECHNICAL - N + TESTS - 1
+
+
 def check_event(world: World, data: dict[str, Any]) -> None:
     check_capped(world, [i["id"] for i in data["queue"]])
     assert data["total"] == 5 + TECHNICAL + TESTS

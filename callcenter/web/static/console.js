@@ -9,6 +9,7 @@
     me: Number($("me").dataset.userId),
     queue: [],
     notShown: { not_shown: 0, not_shown_by_kind: {} },
+    streamSaysDown: false, // the live stream's last word on the database
     loadedAt: performance.now(),
     shownAt: new Map(), // alarm id -> when its row first appeared (ms since epoch)
     known: new Set(),
@@ -108,7 +109,9 @@
   // age_s: how long ago the server counted the items' wait_s (a stream's first event is the
   // server's current queue, read when it last changed).
   function showQueue(items, counts, ageS) {
-    database(false);
+    // A queue read that worked does not overrule the stream: it says "down" until "up" (the
+    // marker can be slow or failing while a queue read still answers).
+    if (!state.streamSaysDown) database(false);
     state.queue = items;
     state.notShown = counts || { not_shown: 0, not_shown_by_kind: {} };
     state.loadedAt = performance.now() - 1000 * (Number(ageS) || 0);
@@ -230,9 +233,16 @@
     source.addEventListener("status", (event) => {
       let data = null;
       try { data = JSON.parse(event.data); } catch (_) { data = null; }
-      if (data && data.database === "down") database(true, data.since);
-      else if (data && data.database === "up") database(false);
+      if (data && data.database === "down") {
+        state.streamSaysDown = true;
+        database(true, data.since);
+      } else if (data && data.database === "up") {
+        state.streamSaysDown = false;
+        database(false);
+      }
     });
+    // Each (re)connected stream says "down" first if it still is.
+    source.addEventListener("open", () => { state.streamSaysDown = false; });
     // The server ends each stream after a while and the browser reconnects at once: say
     // "offline" only if it stays down. A closed stream (e.g. the login expired) is retried by
     // reloading the queue, which goes to the login page on 401 and shows the database banner
