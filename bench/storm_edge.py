@@ -84,7 +84,7 @@ REGISTER_RATE = 400.0  # REGISTERs/s before the storm: 2 round trips each, cheap
 # fails after -recv_timeout instead of holding SIPp past its run.
 SIPP_EDGE_ARGS = ("-default_behaviors", "all,-abortunexp", "-recv_timeout", "20000")
 DISPATCHED = re.compile(
-    r"\{1 \d+ INVITE (\S+)\} [^\n]*?(dispatch|failover) INVITE from \S+ to (sip:\S+)"
+    r"\{1 \d+ INVITE (\S+)\} [^\n]*?(dispatch|last resort|failover) INVITE from \S+ to (sip:\S+)"
 )
 # What the edge logs when it could not place a call (kamailio.cfg) or ran short of memory.
 EDGE_TROUBLE = {

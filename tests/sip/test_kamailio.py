@@ -369,7 +369,7 @@ def acknowledged(edge: Edge, alarm_id: int, wait_s: float = 5) -> bool:
 def handler_of_call(edge: Edge, user: str) -> list[str]:
     """The handlers the edge sent this terminal's INVITEs to, in order (from its log)."""
     text = edge.log.read_text(errors="replace")
-    return re.findall(rf"(?:dispatch|failover) INVITE from {user} to (sip:\S+)", text)
+    return re.findall(rf"(?:dispatch|last resort|failover) INVITE from {user} to (sip:\S+)", text)
 
 
 def sipp(edge: Edge, scenario: str, timeout_s: float = 40) -> SippResult:
@@ -686,3 +686,32 @@ def test_a_dead_handler_is_routed_around(edge: Edge) -> None:
     assert result.ok, result.output + edge.logs()
     (alarm,) = alarms_of(edge, scaip)
     assert alarm.kind is AlarmKind.LIFE_SAFETY and alarm.elder_id == scaip.elder_id
+
+    # The one left stops answering too: both look down. Two calls then go to the last-resort
+    # copy, round robin, so one of them tries the dead handler first; after FR_INVITE_FIRST it
+    # must go on to the live one (kamailio.cfg: the failure route walks the copy too), not 503.
+    alive.proc.send_signal(signal.SIGSTOP)
+    try:
+        all_in_state(edge, "I")
+        last = [edge.terminal(TerminalProtocol.DTMF) for _ in range(2)]
+        outcome: list[list[SippResult]] = []
+        calls = threading.Thread(target=lambda: outcome.append(parallel(edge, [
+            registered_first(call_scenario(user=t.user, digits="2"), t) for t in last
+        ])))  # fmt: skip
+        calls.start()
+        deadline = time.monotonic() + 20
+        while not all(f"INVITE from {t.user}" in edge.log.read_text() for t in last):
+            assert time.monotonic() < deadline, edge.logs()
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        alive.proc.send_signal(signal.SIGCONT)
+    calls.join()
+    assert outcome and all(r.ok for r in outcome[0]), (
+        "\n".join(r.output for r in outcome[0]) if outcome else ""
+    ) + edge.logs()
+    assert sorted(len(handler_of_call(edge, t.user)) for t in last) == [1, 2]  # one failed over
+    for t in last:
+        assert handler_of_call(edge, t.user)[-1] == alive.uri
+        (alarm,) = alarms_of(edge, t)
+        assert (alarm.kind, alarm.elder_id) == (AlarmKind.SERVICE, t.elder_id)
