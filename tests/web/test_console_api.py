@@ -32,8 +32,7 @@ from callcenter.web.app import create_app
 from callcenter.web.auth import add_user
 from devices.models import TerminalProtocol
 from tests.factories import make_elder, make_terminal
-
-PASSWORD = "correct horse battery"
+from tests.web.clients import PASSWORD, logged_in
 
 
 @dataclass
@@ -83,13 +82,6 @@ def world(fresh_engine: Engine) -> Iterator[World]:
         yield world
     finally:
         db.use_engine(previous)
-
-
-def logged_in(username: str) -> TestClient:
-    client = TestClient(create_app())
-    response = client.post("/api/session", json={"username": username, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return client
 
 
 def test_claim_race_one_operator_wins(world: World) -> None:

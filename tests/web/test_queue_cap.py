@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
@@ -32,12 +31,11 @@ from callcenter.models import (
     Role,
 )
 from callcenter.web import console_api, live_events
-from callcenter.web.app import create_app
 from callcenter.web.auth import add_user
 from callcenter.web.live_events import read_snapshot
 from tests.factories import make_elder
+from tests.web.clients import PASSWORD, logged_in
 
-PASSWORD = "correct horse battery"
 N = console.QUEUE_OTHERS_SHOWN
 TECHNICAL = N + 50  # more others than a console is sent
 TESTS = 5  # and a kind of lower priority still, none of them shown
@@ -94,13 +92,6 @@ def world(fresh_engine: Engine) -> Iterator[World]:
         yield World(fresh_engine, ls, others)
     finally:
         db.use_engine(previous)
-
-
-def logged_in(username: str) -> TestClient:
-    client = TestClient(create_app())
-    response = client.post("/api/session", json={"username": username, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return client
 
 
 def check_capped(world: World, ids: list[int]) -> None:

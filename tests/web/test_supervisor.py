@@ -59,9 +59,9 @@ from schedules.settings import ScheduleSettings
 from schedules.watchdog import sweep_silent_terminals
 from tests.factories import make_elder, make_terminal
 from tests.schedules.builders import make_volunteer
+from tests.web.clients import PASSWORD, logged_in
 from volunteers.models import AvailabilityWindow
 
-PASSWORD = "correct horse battery"
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 # The moment the supervisor looks: a Tuesday, 11:00 in Shanghai.
 NOW = dt.datetime(2026, 12, 1, 11, 0, tzinfo=SHANGHAI).astimezone(dt.UTC)
@@ -145,13 +145,6 @@ def world(fresh_engine: Engine) -> Iterator[World]:
         yield world
     finally:
         db.use_engine(previous)
-
-
-def logged_in(username: str) -> TestClient:
-    client = TestClient(create_app())
-    response = client.post("/api/session", json={"username": username, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return client
 
 
 def shares(compliance: dict[str, Any]) -> list[tuple[int, int, int, int]]:

@@ -26,8 +26,7 @@ from callcenter.web.app import create_app
 from callcenter.web.auth import add_user
 from devices.models import TerminalProtocol
 from tests.factories import make_elder, make_terminal
-
-PASSWORD = "correct horse battery"
+from tests.web.clients import PASSWORD, logged_in
 
 
 @dataclass
@@ -64,13 +63,6 @@ def world(fresh_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     finally:
         db.use_engine(previous)
         get_settings.cache_clear()
-
-
-def logged_in(username: str) -> TestClient:
-    client = TestClient(create_app())
-    response = client.post("/api/session", json={"username": username, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return client
 
 
 VOICE_ROUTES = [
