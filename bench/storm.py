@@ -35,7 +35,13 @@ from callcenter.demo_district import seed_district  # noqa: E402
 from callcenter.models import Alarm  # noqa: E402
 from devices.models import Terminal, TerminalProtocol  # noqa: E402
 from tests.sip.conftest import options_status  # noqa: E402
-from tests.sip.sipp import call_scenario, free_port_pair, free_udp_port, scaip_scenario  # noqa: E402
+from tests.sip.sipp import (  # noqa: E402
+    call_scenario,
+    free_port_pair,
+    free_port_run,
+    free_udp_port,
+    scaip_scenario,
+)
 
 ADMIN_URL = os.environ.get("HYT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1/test")
 
@@ -195,7 +201,7 @@ def run_sipp(scenario: str, users: list[str], port: int, rate: float, calls: int
     cmd = [
         "sipp", "-sf", "scenario.xml", "-inf", "users.csv", "-i", "127.0.0.1",
         "-mi", "127.0.0.1", "-p", str(local_port or free_udp_port()),
-        "-mp", str(free_port_pair()),
+        "-mp", str(free_port_run(4)),  # SIPp: audio at -mp, video at -mp + 2
         "-m", str(calls), "-r", str(rate), "-l", str(int(rate * 30) + 50),
         "-timeout", f"{int(calls / rate) + 90}s", "-nostdin", "-trace_rtt", "-rtt_freq", "1",
         "-trace_stat", "-stf", str(stat), "-fd", "1", "-max_socket", "5000",
